@@ -1,0 +1,1 @@
+"""Scripts that run on remote hosts (socket server and friends)."""
