@@ -18,7 +18,8 @@ on a pytest-xdist test report, small messages, 1 MiB of bytes and a list of
 How: both packages are called ``execnet``, so every (implementation, case)
 pair is measured in a fresh subprocess, ``--worker IMPL CASE``, started with
 ``python -I`` (no PYTHONPATH, no script or current directory on sys.path)
-from a directory outside the checkout.  A worker calibrates a loop count so
+from a directory outside the checkout; ours and pickle run in an empty venv
+of this interpreter (bench/.venv-ours, see _common.py).  A worker calibrates a loop count so
 that one timeit batch lasts about budget/10, runs batches until --budget
 seconds per operation are spent, and prints the best batch's rate (as timeit
 advises: the least disturbed one) as JSON.  The driver runs --rounds rounds;
@@ -34,16 +35,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import timeit
 from pathlib import Path
 
-REF_VERSION = "2.1.2"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-IMPLS = ["ours-c", "ours-py", "ref-2.1.2", "pickle5"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+del sys.path[0]
+
+IMPLS = [*C.EXECNET_IMPLS, "pickle5"]
 
 # -- cases ------------------------------------------------------------------
 
@@ -156,27 +158,23 @@ def best_rate(stmt: str, namespace: dict, budget: float) -> float:
 
 
 def worker(impl: str, case: str, budget: float) -> dict:
+    result = C.worker_info(impl, case)
     if impl == "pickle5":
         import pickle
 
-        dumps, loads, backend, module = pickle.dumps, pickle.loads, "pickle", pickle
+        dumps, loads = pickle.dumps, pickle.loads
+        result.update(backend="pickle", module_file=pickle.__file__, version=None)
         dumps_stmt = "dumps(obj, 5)"
     else:
-        if impl in ("ours-c", "ours-py"):
-            sys.path.insert(0, str(REPO_ROOT))
-        import execnet
-
-        dumps, loads, module = execnet.dumps, execnet.loads, execnet
-        backend = getattr(execnet.gateway_base, "BACKEND", "reference")
+        execnet, info = C.import_execnet(impl)
+        dumps, loads = execnet.dumps, execnet.loads
+        result.update(info)
         dumps_stmt = "dumps(obj)"
     obj = CASES[case]()
     data = dumps(obj, 5) if impl == "pickle5" else dumps(obj)
     namespace = {"dumps": dumps, "loads": loads, "obj": obj, "data": data}
     return {
-        "impl": impl, "case": case, "backend": backend,
-        "module_file": module.__file__,
-        "version": getattr(module, "__version__", None),
-        "python": sys.executable, "python_version": sys.version.split()[0],
+        **result,
         "size": len(data), "roundtrip_ok": loads(data) == obj,
         "dumps_ops": best_rate(dumps_stmt, namespace, budget),
         "loads_ops": best_rate("loads(data)", namespace, budget),
@@ -186,83 +184,15 @@ def worker(impl: str, case: str, budget: float) -> dict:
 # -- driver -------------------------------------------------------------------
 
 
-def clean_env(extra: dict | None = None) -> dict:
-    """Our environment without PYTHON* (PYTHONDONTWRITEBYTECODE, PYTHONPATH, ...)."""
-    drop = ("EXECNET_PUREPYTHON", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k not in drop}
-    env.update(extra or {})
-    return env
-
-
-def run(cmd: list, env: dict, cwd: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def ensure_reference(venv: Path, cwd: str) -> str:
-    """The reference venv's python, creating the venv and installing into it if needed."""
-    exe = venv / "bin" / "python"
-    probe = [str(exe), "-I", "-c",
-             "import importlib.metadata as m; print(m.version('execnet'))"]
-    if exe.exists() and run(probe, clean_env(), cwd).stdout.strip() == REF_VERSION:
-        return str(exe)
-    print(f"setting up the reference venv in {venv} (execnet=={REF_VERSION}) ...", file=sys.stderr)
-    steps = [] if exe.exists() else [[sys.executable, "-m", "venv", str(venv)]]
-    steps.append([str(exe), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                  f"execnet=={REF_VERSION}"])
-    for cmd in steps:
-        proc = run(cmd, clean_env(), cwd)
-        if proc.returncode:
-            sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
-    if run(probe, clean_env(), cwd).stdout.strip() != REF_VERSION:
-        sys.exit(f"{exe}: execnet {REF_VERSION} is not importable after installing it")
-    return str(exe)
-
-
 def measure(impl: str, case: str, interp: dict, budget: float, cwd: str) -> dict:
-    python, extra = interp[impl]
-    cmd = [python, "-I", str(Path(__file__).resolve()), "--worker", impl, case,
-           "--budget", str(budget)]
-    try:
-        proc = run(cmd, clean_env(extra), cwd, timeout=120 + 40 * budget)
-    except subprocess.TimeoutExpired:
-        return {"impl": impl, "case": case, "error": "timeout"}
-    if proc.returncode:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"impl": impl, "case": case, "error": f"exit {proc.returncode}: {tail}"}
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"impl": impl, "case": case, "error": f"bad output {proc.stdout[-200:]!r}"}
-
-
-def check_module(sample: dict, venv: Path) -> None:
-    """The reference must come from its venv, ours from this checkout: else stop."""
-    where = Path(sample["module_file"]).resolve()
-    if sample["impl"] == "ref-2.1.2":
-        ok = where.is_relative_to(venv.resolve()) and sample["version"] == REF_VERSION
-    elif sample["impl"] in ("ours-c", "ours-py"):
-        ok = where.is_relative_to(REPO_ROOT / "execnet")
-    else:
-        ok = True
-    if not ok:
-        sys.exit(f"{sample['impl']} imported the wrong execnet: {where} ({sample['version']})")
-
-
-def median_ratio(rows: list, a: str, b: str, op: str):
-    """Median over rounds of a/b, each from the same round (close in time)."""
-    ratios = [r[a][op] / r[b][op] for r in rows
-              if "error" not in r[a] and "error" not in r[b]]
-    return statistics.median(ratios) if ratios else None
-
-
-def fmt_ratio(x) -> str:
-    return "   n/a" if x is None else f"{x:6.2f}x"
+    return C.run_worker(__file__, impl, case, ["--budget", str(budget)], interp, cwd,
+                        timeout=120 + 40 * budget)
 
 
 def report(results: dict, cases: list) -> dict:
     """Prints the tables; returns the summary for --json."""
     summary = {}
-    pairs = [("ours-c", "ref-2.1.2"), ("ours-c", "pickle5"), ("ours-py", "ref-2.1.2")]
+    pairs = [("ours-c", C.REF), ("ours-c", "pickle5"), ("ours-py", C.REF)]
     for case in cases:
         rows = results[case]
         summary[case] = {"medians": {}, "ratios": {}}
@@ -288,16 +218,16 @@ def report(results: dict, cases: list) -> dict:
             summary[case]["medians"][impl] = med
             print(line)
         for a, b in pairs:
-            d, lo = (median_ratio(rows, a, b, op) for op in ("dumps_ops", "loads_ops"))
+            d, lo = (C.median_ratio(rows, a, b, op) for op in ("dumps_ops", "loads_ops"))
             summary[case]["ratios"][f"{a}/{b}"] = {"dumps": d, "loads": lo}
-            print(f"  {a + ' / ' + b:22}  dumps {fmt_ratio(d)}   loads {fmt_ratio(lo)}")
+            print(f"  {a + ' / ' + b:22}  dumps {C.fmt_ratio(d)}   loads {C.fmt_ratio(lo)}")
     print("\n== summary: ours-c relative to reference and pickle (median of per-round ratios)")
     print(f"{'case':14} {'dumps/ref':>10} {'loads/ref':>10} {'dumps/pickle':>13} "
           f"{'loads/pickle':>13}")
     for case in cases:
-        ref, pkl = (summary[case]["ratios"][k] for k in ("ours-c/ref-2.1.2", "ours-c/pickle5"))
-        print(f"{case:14} {fmt_ratio(ref['dumps']):>10} {fmt_ratio(ref['loads']):>10} "
-              f"{fmt_ratio(pkl['dumps']):>13} {fmt_ratio(pkl['loads']):>13}")
+        ref, pkl = (summary[case]["ratios"][k] for k in (f"ours-c/{C.REF}", "ours-c/pickle5"))
+        print(f"{case:14} {C.fmt_ratio(ref['dumps']):>10} {C.fmt_ratio(ref['loads']):>10} "
+              f"{C.fmt_ratio(pkl['dumps']):>13} {C.fmt_ratio(pkl['loads']):>13}")
     return summary
 
 
@@ -308,7 +238,7 @@ def main() -> None:
                     help="seconds of timing per operation in each worker (0.3)")
     ap.add_argument("--cases", default=",".join(CASES),
                     help="comma-separated subset of: %(default)s")
-    ap.add_argument("--venv", type=Path, default=REPO_ROOT / "bench" / ".venv-ref",
+    ap.add_argument("--venv", type=Path, default=C.DEFAULT_VENV,
                     help="reference venv (created if missing; default bench/.venv-ref)")
     ap.add_argument("--json", metavar="OUT", type=Path, help="also save raw numbers here")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
@@ -319,57 +249,28 @@ def main() -> None:
     cases = args.cases.split(",")
     if unknown := set(cases) - set(CASES):
         ap.error(f"unknown cases: {', '.join(sorted(unknown))}")
-    with tempfile.TemporaryDirectory(prefix="bench-serializer-") as cwd:  # outside the checkout
+    with C.outside_checkout("bench-serializer-") as cwd:
         drive(args, cases, cwd)
 
 
 def drive(args, cases: list, cwd: str) -> None:
     venv = args.venv.absolute()
-    interp = {  # implementation -> (interpreter, extra environment variables)
-        "ours-c": (sys.executable, {}),
-        "ours-py": (sys.executable, {"EXECNET_PUREPYTHON": "1"}),
-        "ref-2.1.2": (ensure_reference(venv, cwd), {}),
-        "pickle5": (sys.executable, {}),
-    }
+    interp = C.interpreters(venv, cwd)  # implementation -> (interpreter, extra environment)
+    interp["pickle5"] = (interp["ours-c"][0], {})
     load_start = os.getloadavg()
-    print(f"python {sys.version.split()[0]} ({sys.executable}), {os.cpu_count()} cpus, "
-          f"load average {load_start[0]:.2f}; {args.rounds} rounds, {args.budget} s per operation")
-    results = {case: [] for case in cases}
-    samples, seen, t0 = [], set(), time.perf_counter()
-    for rnd in range(args.rounds):
-        for ci, case in enumerate(cases):
-            shift = (rnd + ci) % len(IMPLS)
-            row = {}
-            for pos, impl in enumerate(IMPLS[shift:] + IMPLS[:shift]):
-                s = measure(impl, case, interp, args.budget, cwd)
-                s.update({"round": rnd, "position": pos})
-                if "error" not in s:
-                    check_module(s, venv)
-                    key = (impl, s["backend"], s["module_file"])
-                    if key not in seen:
-                        seen.add(key)
-                        print(f"  {impl:10} backend {s['backend']:9} {s['module_file']}")
-                row[impl] = s
-                samples.append(s)
-            results[case].append(row)
-        print(f"round {rnd + 1}/{args.rounds} done, {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr)
-    backends = {s["backend"] for s in samples if s["impl"] == "ours-c" and "error" not in s}
-    if backends != {"c"}:
-        print(f"WARNING: ours-c ran with backend {'/'.join(sorted(backends)) or '?'} "
-              "(C extension not built or not importable): its numbers are not the C backend's")
-    if {s["backend"] for s in samples if s["impl"] == "ours-py" and "error" not in s} - {"python"}:
-        print("WARNING: ours-py did not run the pure-Python backend")
+    print(f"{C.machine_line()}; {args.rounds} rounds, {args.budget} s per operation")
+    t0 = time.perf_counter()
+    results, samples = C.interleaved_rounds(
+        args.rounds, cases, IMPLS,
+        lambda impl, case: measure(impl, case, interp, args.budget, cwd), venv)
+    C.backend_warnings(samples)
     summary = report(results, cases)
     print(f"\nload average {load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end; "
           f"{time.perf_counter() - t0:.0f} s")
     if args.json:
         meta = {"rounds": args.rounds, "budget": args.budget, "cases": cases,
-                "python": sys.version, "cpus": os.cpu_count(), "venv": str(venv),
-                "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
-        args.json.write_text(json.dumps({"meta": meta, "summary": summary, "samples": samples},
-                                        indent=1))
-        print(f"raw numbers saved to {args.json}")
+                "venv": str(venv), "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
+        C.save_json(args.json, meta, summary, samples)
 
 
 if __name__ == "__main__":
