@@ -1,0 +1,179 @@
+/* execnet.h: the declarations shared by the csrc/ translation units.
+ * Owns the module state layout, the xn_ names and the inline byte helpers. */
+
+#ifndef XN_EXECNET_H
+#define XN_EXECNET_H
+
+/* wire.c includes this header with XN_WIRE_ONLY defined: it sees the byte
+ * helpers and nothing of Python. */
+#ifndef XN_WIRE_ONLY
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Our cross-file functions are internal to the extension: keep them out of
+ * its dynamic symbol table so that calls between files are direct (the
+ * module's init function is exported by PyMODINIT_FUNC regardless). */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
+/* ---- the wire format's byte helpers (no Python) --------------------------
+ * The int32 and binary64 operands, inline: the serializer runs them for
+ * nearly every opcode.  Longer byte routines live in wire.c. */
+
+_Static_assert(sizeof(double) == 8, "IEEE-754 binary64 doubles are required");
+
+/* Writes v as 4 big-endian bytes at p. */
+static inline void
+xn_put_i32(unsigned char *p, int32_t v)
+{
+    uint32_t u = (uint32_t)v;
+    p[0] = (unsigned char)(u >> 24);
+    p[1] = (unsigned char)(u >> 16);
+    p[2] = (unsigned char)(u >> 8);
+    p[3] = (unsigned char)u;
+}
+
+/* Returns the signed 32-bit big-endian integer at p. */
+static inline int32_t
+xn_get_i32(const unsigned char *p)
+{
+    uint32_t u = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+                 ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+    /* two's complement without relying on an implementation-defined cast */
+    if (u <= (uint32_t)INT32_MAX) {
+        return (int32_t)u;
+    }
+    return (int32_t)(u - (uint32_t)INT32_MAX - 1u) + INT32_MIN;
+}
+
+/* Writes v as IEEE-754 binary64, big-endian, at p (8 bytes). */
+static inline void
+xn_put_f64(unsigned char *p, double v)
+{
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (unsigned char)u;
+        u >>= 8;
+    }
+}
+
+/* Returns the big-endian IEEE-754 binary64 at p. */
+static inline double
+xn_get_f64(const unsigned char *p)
+{
+    uint64_t u = 0;
+    double v;
+    for (int i = 0; i < 8; i++) {
+        u = (u << 8) | p[i];
+    }
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+/* Size of a message header: msgcode, channel id, payload length (WIRE.md
+ * §4, struct format "!bii"). */
+#define XN_HEADER_SIZE 9
+
+/* Writes the message header for a payload of length bytes at p. */
+void xn_put_header(unsigned char *p, int8_t msgcode, int32_t channel,
+                   int32_t length);
+/* Reads the message header at p into its three fields (returns nothing). */
+void xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel,
+                   int32_t *length);
+
+#ifndef XN_WIRE_ONLY
+
+/* Containers nested deeper than this are refused in both directions
+ * (gateway_base.MAX_NESTING). */
+#define XN_MAX_NESTING 1000
+
+/* ---- module.c: module state ---------------------------------------------- */
+
+/* Attribute and key names, created once per module object.  Each entry
+ * becomes a field `s_<name>` of xn_state holding the string "<text>". */
+#define XN_STRINGS(X)                                                          \
+    X(DUMPFORMAT_VERSION, "DUMPFORMAT_VERSION")                                \
+    X(DumpError, "DumpError")                                                  \
+    X(LoadError, "LoadError")                                                  \
+    X(Unserializer, "Unserializer")                                            \
+    X(load, "load")                                                            \
+    X(read, "read")                                                            \
+    X(gateway, "gateway")                                                      \
+    X(channelfactory, "_channelfactory")                                       \
+    X(new, "new")                                                              \
+    X(strconfig, "_strconfig")                                                 \
+    X(id, "id")                                                                \
+    X(name, "__name__")                                                        \
+    X(Channel, "Channel")
+
+typedef struct {
+    /* set by _install(): gateway_base's namespace and its exceptions */
+    PyObject *namespace;
+    PyObject *DumpError;
+    PyObject *LoadError;
+#define XN_STRING_FIELD(name, text) PyObject *s_##name;
+    XN_STRINGS(XN_STRING_FIELD)
+#undef XN_STRING_FIELD
+} xn_state;
+
+/* Returns the state of this module (a borrowed pointer, never NULL). */
+static inline xn_state *
+xn_get_state(PyObject *module)
+{
+    return (xn_state *)PyModule_GetState(module);
+}
+
+/* Returns 0 if _install() has run, else -1 with RuntimeError set. */
+int xn_require_installed(xn_state *st);
+
+/* Returns namespace["DUMPFORMAT_VERSION"], read at every call as the pure
+ * code reads its global (a borrowed reference), or NULL with NameError set. */
+PyObject *xn_dumpformat_version(xn_state *st);
+
+/* Returns a heap block of new_cap elements of size elsize holding the
+ * first used elements of block, or NULL with MemoryError set (block is
+ * then left as it was).  block is a heap block (or NULL), which this frees
+ * or reuses, or else, if is_inline, a buffer inside a struct. */
+void *xn_grow_block(void *block, int is_inline, Py_ssize_t used,
+                    Py_ssize_t new_cap, size_t elsize);
+
+/* Raises exc_type(formatted message) with its cause suppressed, as Python's
+ * `raise ... from None` does.  Returns -1 (for `return xn_raise...`). */
+int xn_raise_from_none(PyObject *exc_type, const char *format, ...);
+
+/* Returns the exception being raised (new reference, normalized) and clears
+ * it, or NULL if none is set. */
+PyObject *xn_fetch_exception(void);
+
+/* Returns 0, having filled out[0..nparams) from a METH_FASTCALL |
+ * METH_KEYWORDS argument list (positional first, then keywords by name;
+ * absent optional parameters are left NULL), or -1 with TypeError set.
+ * The messages follow those of a Python function with the same signature. */
+int xn_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames, const char *const *names, int nparams,
+                  int nrequired, PyObject **out);
+
+/* ---- serializer.c, unserializer.c ---------------------------------------- */
+
+/* Adds dumps and dumps_internal to the module.  Returns 0, or -1 with an
+ * exception set. */
+int xn_serializer_add_functions(PyObject *module);
+
+/* Adds loads and loads_internal to the module.  Returns 0, or -1 with an
+ * exception set. */
+int xn_unserializer_add_functions(PyObject *module);
+
+#endif /* XN_WIRE_ONLY */
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#endif /* XN_EXECNET_H */
