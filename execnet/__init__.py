@@ -3,24 +3,48 @@
 A drop-in for the pure-Python execnet with its hot paths in C.
 """
 
+from .gateway import Gateway
 from .gateway_base import BACKEND
+from .gateway_base import Channel
 from .gateway_base import DataFormatError
 from .gateway_base import DumpError
 from .gateway_base import LoadError
+from .gateway_base import RemoteError
+from .gateway_base import TimeoutError
 from .gateway_base import dump
 from .gateway_base import dumps
 from .gateway_base import load
 from .gateway_base import loads
+from .gateway_bootstrap import HostNotFound
+from .multi import Group
+from .multi import MultiChannel
+from .multi import default_group
+from .multi import makegateway
+from .multi import set_execmodel
+from .rsync import RSync
+from .xspec import XSpec
 
 __version__ = "2.2.0"
 
 __all__ = [
+    "Channel",
     "DataFormatError",
     "DumpError",
+    "Gateway",
+    "Group",
+    "HostNotFound",
     "LoadError",
+    "MultiChannel",
+    "RSync",
+    "RemoteError",
+    "TimeoutError",
+    "XSpec",
     "__version__",
+    "default_group",
     "dump",
     "dumps",
     "load",
     "loads",
+    "makegateway",
+    "set_execmodel",
 ]

@@ -8,9 +8,13 @@ paths are replaced by their C twins; ``BACKEND`` says which are active.
 
 from __future__ import annotations
 
+import _thread
 import os
 import struct
 import sys
+import threading
+import time
+import weakref
 
 # --------------------------------------------------------------------------
 # serializer (WIRE.md §7, doc/serializer.md)
@@ -347,9 +351,8 @@ class Unserializer:
         if len(self.stack) < 3:
             raise LoadError("not enough items for setitem")
         value = self.stack.pop()
-        depth = self.depths.pop() + 1
         key = self.stack.pop()
-        self.depths.pop()
+        depth = max(self.depths.pop(), self.depths.pop()) + 1
         target = self.stack[-1]
         if type(target) not in (dict, list):
             raise LoadError(f"can't set an item on {type(target).__name__}")
@@ -429,6 +432,1180 @@ def load(io, py2str_as_py3str: bool = False, py3str_as_py2str: bool = False):
 def loads_internal(data, channel_or_gateway=None, strconfig=None):
     """Return the value of a message payload (serialized without version)."""
     return Unserializer(data, channel_or_gateway, strconfig).load()
+
+
+# --------------------------------------------------------------------------
+# runtime: tracing, exec models, worker pools, framing, channels, gateways
+# (WIRE.md §1-6, LIFECYCLE.md)
+# --------------------------------------------------------------------------
+
+# tracing (LIFECYCLE.md §9): decided once, when this module is loaded
+
+DEBUG = os.environ.get("EXECNET_DEBUG")
+fn = None  # the trace file's path when tracing goes to a file
+
+
+def notrace(*msg: object) -> None:
+    """The trace function when tracing is off."""
+
+
+def _trace_text(msg) -> str:
+    return " ".join(str(part) for part in msg)
+
+
+if DEBUG == "2":
+
+    def trace(*msg: object) -> None:
+        try:
+            sys.stderr.write(f"[{os.getpid()}] {_trace_text(msg)}\n")
+            sys.stderr.flush()
+        except Exception:
+            pass
+
+elif DEBUG:
+    import tempfile
+
+    fn = os.path.join(tempfile.gettempdir(), "execnet-debug-%d" % os.getpid())
+    _debugfile = open(fn, "w")
+
+    def trace(*msg: object) -> None:
+        try:
+            _debugfile.write(_trace_text(msg) + "\n")
+            _debugfile.flush()
+        except Exception as exc:
+            try:
+                sys.stderr.write(f"[{os.getpid()}] exception during tracing: {exc!r}\n")
+            except Exception:
+                pass
+
+else:
+    trace = notrace
+
+
+# constants and exceptions
+
+INTERRUPT_TEXT = "keyboard-interrupted"
+MAIN_THREAD_ONLY_DEADLOCK_TEXT = (
+    "concurrent remote_exec would cause deadlock for main_thread_only execmodel"
+)
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+# "setcallback() was given no endmarker"
+NO_ENDMARKER_WANTED = _Marker("NO_ENDMARKER_WANTED")
+# queued into a channel's item queue when nothing more will arrive
+ENDMARKER = _Marker("ENDMARKER")
+
+
+class RemoteError(Exception):
+    """An exception raised on the other side, carried as formatted text."""
+
+    def __init__(self, formatted: str) -> None:
+        super().__init__()
+        self.formatted = formatted
+
+    def __str__(self) -> str:
+        return self.formatted
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}: {self.formatted}"
+
+    def warn(self) -> None:
+        if self.formatted != INTERRUPT_TEXT:
+            sys.stderr.write(f"[{os.getpid()}] Warning: unhandled {self!r}\n")
+
+
+class TimeoutError(IOError):
+    """A blocking operation did not finish in time."""
+
+
+class GatewayReceivedTerminate(Exception):
+    """Raised by the GATEWAY_TERMINATE handler to stop the receiver."""
+
+
+def geterrortext(exc: BaseException) -> str:
+    """The formatted traceback of exc (or a one-line summary)."""
+    try:
+        import traceback
+
+        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        return "".join(lines)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        return f"{type(exc).__name__}: {exc}"
+
+
+# execution models (API.md §9)
+
+
+class ExecModel:
+    """The concurrency primitives one side of a gateway uses.
+
+    Subclasses provide: ``backend`` (the name), the modules ``queue``,
+    ``subprocess`` and ``socket``, and ``start``, ``get_ident``, ``sleep``,
+    ``fdopen``, ``Lock``, ``RLock`` and ``Event``.
+    """
+
+    backend: str = "abstract"
+
+    def __repr__(self) -> str:
+        return f"<ExecModel {self.backend!r}>"
+
+
+class ThreadExecModel(ExecModel):
+    backend = "thread"
+
+    @property
+    def queue(self):
+        import queue
+
+        return queue
+
+    @property
+    def subprocess(self):
+        import subprocess
+
+        return subprocess
+
+    @property
+    def socket(self):
+        import socket
+
+        return socket
+
+    def start(self, func, args=()) -> None:
+        _thread.start_new_thread(func, tuple(args))
+
+    def get_ident(self) -> int:
+        return _thread.get_ident()
+
+    def sleep(self, delay: float) -> None:
+        time.sleep(delay)
+
+    def fdopen(self, fd, mode, bufsize=1, closefd=True):
+        encoding = None if "b" in mode else "utf-8"
+        return os.fdopen(fd, mode, bufsize, encoding=encoding, closefd=closefd)
+
+    def Lock(self):
+        return threading.RLock()
+
+    def RLock(self):
+        return threading.RLock()
+
+    def Event(self):
+        return threading.Event()
+
+
+class MainThreadOnlyExecModel(ThreadExecModel):
+    backend = "main_thread_only"
+
+
+class EventletExecModel(ExecModel):
+    backend = "eventlet"
+
+    @property
+    def queue(self):
+        import eventlet.queue
+
+        return eventlet.queue
+
+    @property
+    def subprocess(self):
+        import eventlet.green.subprocess
+
+        return eventlet.green.subprocess
+
+    @property
+    def socket(self):
+        import eventlet.green.socket
+
+        return eventlet.green.socket
+
+    def start(self, func, args=()) -> None:
+        import eventlet
+
+        eventlet.spawn_n(func, *args)
+
+    def get_ident(self) -> int:
+        import eventlet.green.thread
+
+        return eventlet.green.thread.get_ident()
+
+    def sleep(self, delay: float) -> None:
+        import eventlet
+
+        eventlet.sleep(delay)
+
+    def fdopen(self, fd, mode, bufsize=1, closefd=True):
+        import eventlet.green.os
+
+        encoding = None if "b" in mode else "utf-8"
+        return eventlet.green.os.fdopen(
+            fd, mode, bufsize, encoding=encoding, closefd=closefd
+        )
+
+    def Lock(self):
+        return self.RLock()
+
+    def RLock(self):
+        import eventlet.green.threading
+
+        return eventlet.green.threading.RLock()
+
+    def Event(self):
+        import eventlet.green.threading
+
+        return eventlet.green.threading.Event()
+
+
+class GeventExecModel(ExecModel):
+    backend = "gevent"
+
+    @property
+    def queue(self):
+        import gevent.queue
+
+        return gevent.queue
+
+    @property
+    def subprocess(self):
+        import gevent.subprocess
+
+        return gevent.subprocess
+
+    @property
+    def socket(self):
+        import gevent.socket
+
+        return gevent.socket
+
+    def start(self, func, args=()) -> None:
+        import gevent
+
+        gevent.spawn(func, *args)
+
+    def get_ident(self) -> int:
+        import gevent.thread
+
+        return gevent.thread.get_ident()
+
+    def sleep(self, delay: float) -> None:
+        import gevent
+
+        gevent.sleep(delay)
+
+    def fdopen(self, fd, mode, bufsize=1, closefd=True):
+        import gevent.fileobject
+
+        return gevent.fileobject.FileObjectThread(fd, mode, bufsize, closefd=closefd)
+
+    def Lock(self):
+        return self.RLock()
+
+    def RLock(self):
+        import gevent.lock
+
+        return gevent.lock.RLock()
+
+    def Event(self):
+        import gevent.event
+
+        return gevent.event.Event()
+
+
+_EXECMODELS = {
+    "thread": ThreadExecModel,
+    "main_thread_only": MainThreadOnlyExecModel,
+    "eventlet": EventletExecModel,
+    "gevent": GeventExecModel,
+}
+_THREAD_BACKENDS = ("thread", "main_thread_only")
+
+
+def get_execmodel(backend):
+    """A new ExecModel for a backend name; an ExecModel is returned as is."""
+    if isinstance(backend, ExecModel):
+        return backend
+    try:
+        return _EXECMODELS[backend]()
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown execmodel {backend!r}") from None
+
+
+# worker pool (API.md §10)
+
+
+class Reply:
+    """The outcome of one call run by a WorkerPool."""
+
+    def __init__(self, task, execmodel) -> None:
+        self.task = task  # (function, args, kwargs)
+        self.running = True
+        self._done = execmodel.Event()
+        self._result = None
+        self._exception: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<Reply {self.task!r}>"
+
+    def run(self) -> None:
+        func, args, kwargs = self.task
+        try:
+            self._result = func(*args, **kwargs)
+        except BaseException as exc:
+            self._exception = exc
+        finally:
+            self.running = False
+            self._done.set()
+
+    def waitfinish(self, timeout=None) -> None:
+        """Wait for the call to finish (its exception is not raised)."""
+        if not self._done.wait(timeout):
+            raise OSError(f"timeout waiting for {self.task!r}")
+
+    def get(self, timeout=None):
+        """The call's result; its exception is raised again on every get()."""
+        self.waitfinish(timeout)
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+
+class WorkerPool:
+    """Runs calls asynchronously, each in a new thread (or greenlet).
+
+    With ``hasprimary`` one thread can volunteer as the primary thread
+    (integrate_as_primary_thread): a call is handed to it whenever it is
+    idle.  The main_thread_only model only ever uses the primary.
+    """
+
+    def __init__(self, execmodel, hasprimary: bool = False) -> None:
+        if hasprimary and execmodel.backend not in _THREAD_BACKENDS:
+            raise ValueError("hasprimary=True requires thread model")
+        self.execmodel = execmodel
+        self._lock = execmodel.Lock()
+        self._running: set[Reply] = set()
+        self._shuttingdown = False
+        self._waiters: list = []  # events set when nothing is running
+        self._hasprimary = hasprimary
+        self._primary_only = hasprimary and execmodel.backend == "main_thread_only"
+        self._primary_busy = False
+        self._primary_task: Reply | None = None
+        self._primary_wakeup = execmodel.Event()
+        self._primary_idle = execmodel.Event()
+        self._primary_idle.set()
+
+    def active_count(self) -> int:
+        return len(self._running)
+
+    def spawn(self, func, *args, **kwargs) -> Reply:
+        reply = Reply((func, args, kwargs), self.execmodel)
+        while True:
+            with self._lock:
+                if self._shuttingdown:
+                    raise ValueError("pool is shutting down")
+                if self._hasprimary and not self._primary_busy:
+                    self._running.add(reply)
+                    self._primary_busy = True
+                    self._primary_idle.clear()
+                    self._primary_task = reply
+                    self._primary_wakeup.set()
+                    return reply
+                if not self._primary_only:
+                    self._running.add(reply)
+                    self.execmodel.start(self._perform, (reply,))
+                    return reply
+            # main_thread_only: wait until the primary finished its task
+            self._primary_idle.wait()
+
+    def _perform(self, reply: Reply) -> None:
+        try:
+            reply.run()
+        finally:
+            with self._lock:
+                self._running.discard(reply)
+                if not self._running:
+                    for event in self._waiters:
+                        event.set()
+                    del self._waiters[:]
+
+    def integrate_as_primary_thread(self) -> None:
+        """Run the calls handed to the primary until the pool shuts down."""
+        if not self._hasprimary:
+            raise ValueError("pool has no primary thread")
+        while True:
+            self._primary_wakeup.wait()
+            with self._lock:
+                reply = self._primary_task
+                self._primary_task = None
+                self._primary_wakeup.clear()
+                if reply is None and self._shuttingdown:
+                    return
+            if reply is None:
+                continue
+            try:
+                self._perform(reply)
+            finally:
+                with self._lock:
+                    self._primary_busy = False
+                    self._primary_idle.set()
+                    if self._shuttingdown:
+                        self._primary_wakeup.set()
+            if isinstance(reply._exception, KeyboardInterrupt):
+                raise reply._exception
+
+    def waitall(self, timeout=None) -> bool:
+        """True once nothing is running, False if timeout passed first."""
+        with self._lock:
+            if not self._running:
+                return True
+            event = self.execmodel.Event()
+            self._waiters.append(event)
+        return bool(event.wait(timeout))
+
+    def trigger_shutdown(self) -> None:
+        """Refuse new calls and let the primary thread go when it is idle."""
+        with self._lock:
+            self._shuttingdown = True
+            self._primary_wakeup.set()
+            self._primary_idle.set()
+
+    def terminate(self, timeout=None) -> bool:
+        self.trigger_shutdown()
+        return self.waitall(timeout=timeout)
+
+
+# IO and message framing (WIRE.md §1, §4)
+
+_header = struct.Struct("!bii")
+HEADER_SIZE = _header.size
+
+
+class Popen2IO:
+    """Byte transport over a pair of files (write side first)."""
+
+    error = (IOError, OSError, EOFError)
+
+    def __init__(self, outfile, infile, execmodel) -> None:
+        self.outfile = outfile
+        self.infile = infile
+        self.execmodel = execmodel
+        # text files are used through their binary buffers
+        self._read = getattr(infile, "buffer", infile).read
+        self._out = getattr(outfile, "buffer", outfile)
+
+    def read(self, numbytes: int) -> bytes:
+        """Exactly numbytes bytes; EOFError if the stream ends first."""
+        parts = []
+        missing = numbytes
+        while missing > 0:
+            # bounded pieces: a bogus length must not allocate much
+            data = self._read(min(missing, _READ_CHUNK))
+            if not data:
+                got = numbytes - missing
+                raise EOFError(f"expected {numbytes} bytes, got {got}")
+            parts.append(data)
+            missing -= len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            raise TypeError(f"expected bytes, got {type(data).__name__}")
+        self._out.write(data)
+        self._out.flush()
+
+    def close_read(self) -> None:
+        self.infile.close()
+
+    def close_write(self) -> None:
+        self.outfile.close()
+
+
+def _frame(msgcode: int, channelid: int, data: bytes) -> bytes:
+    """One message as it travels: header and payload."""
+    return _header.pack(msgcode, channelid, len(data)) + data
+
+
+def _read_frame(io) -> tuple[int, int, bytes]:
+    """Read one message from io: (code, channel id, payload).
+
+    Raises EOFError when the stream ends and DataFormatError for a frame
+    that cannot be valid.
+    """
+    try:
+        header = io.read(HEADER_SIZE)
+    except EOFError as exc:
+        raise EOFError("couldn't load message header, " + " ".join(map(str, exc.args)))
+    msgcode, channelid, length = _header.unpack(header)
+    if msgcode not in Message._types:
+        raise DataFormatError(
+            f"invalid message: unknown message code {msgcode} (channel {channelid})"
+        )
+    if length < 0:
+        raise DataFormatError(
+            f"invalid message: negative length {length} (channel {channelid})"
+        )
+    return msgcode, channelid, io.read(length) if length else b""
+
+
+class Message:
+    """One framed message: a code, a channel id and a payload."""
+
+    STATUS = 0
+    RECONFIGURE = 1
+    GATEWAY_TERMINATE = 2
+    CHANNEL_EXEC = 3
+    CHANNEL_DATA = 4
+    CHANNEL_CLOSE = 5
+    CHANNEL_CLOSE_ERROR = 6
+    CHANNEL_LAST_MESSAGE = 7
+
+    # code -> (name, handler(message, gateway)); filled in below
+    _types: dict = {}
+
+    def __init__(self, msgcode: int, channelid: int = 0, data: bytes = b"") -> None:
+        self.msgcode = msgcode
+        self.channelid = channelid
+        self.data = data
+
+    @staticmethod
+    def from_io(io) -> Message:
+        return Message(*_read_frame(io))
+
+    def to_io(self, io) -> None:
+        io.write(_frame(self.msgcode, self.channelid, self.data))
+
+    def received(self, gateway) -> None:
+        self._types[self.msgcode][1](self, gateway)
+
+    def __repr__(self) -> str:
+        name = self._types[self.msgcode][0] if self.msgcode in self._types else "?"
+        return f"<Message {name} channel={self.channelid} lendata={len(self.data)}>"
+
+
+def _status(message, gateway) -> None:
+    # answered here, in the receiver; no channel object is created
+    execpool = getattr(gateway, "_execpool", None)
+    status = {
+        "numchannels": len(gateway._channelfactory._channels),
+        "numexecuting": execpool.active_count() if execpool else 0,
+        "execmodel": gateway.execmodel.backend,
+    }
+    gateway._send(Message.CHANNEL_DATA, message.channelid, dumps_internal(status))
+    gateway._send(Message.CHANNEL_CLOSE, message.channelid)
+
+
+def _reconfigure(message, gateway) -> None:
+    strconfig = tuple(loads_internal(message.data, gateway))
+    if message.channelid == 0:
+        gateway._strconfig = strconfig
+    else:
+        # only channels we hold (execnet would create one, defect D6)
+        channel = gateway._channelfactory._channels.get(message.channelid)
+        if channel is not None:
+            channel._strconfig = strconfig
+
+
+def _gateway_terminate(message, gateway) -> None:
+    raise GatewayReceivedTerminate(gateway)
+
+
+def _channel_exec(message, gateway) -> None:
+    channel = gateway._channelfactory.new(message.channelid)
+    # the task's strings are str whatever the gateway's string coercion
+    task = loads_internal(message.data, gateway, (True, False))
+    gateway._local_schedulexec(channel, task)
+
+
+def _channel_data(message, gateway) -> None:
+    gateway._channelfactory._local_receive(message.channelid, message.data)
+
+
+def _channel_close(message, gateway) -> None:
+    gateway._channelfactory._local_close(message.channelid)
+
+
+def _channel_close_error(message, gateway) -> None:
+    text = loads_internal(message.data)
+    if not isinstance(text, str):
+        raise DataFormatError(
+            f"invalid message: CHANNEL_CLOSE_ERROR carries {type(text).__name__}"
+        )
+    gateway._channelfactory._local_close(message.channelid, RemoteError(text))
+
+
+def _channel_last_message(message, gateway) -> None:
+    gateway._channelfactory._local_close(message.channelid, sendonly=True)
+
+
+Message._types = {
+    Message.STATUS: ("STATUS", _status),
+    Message.RECONFIGURE: ("RECONFIGURE", _reconfigure),
+    Message.GATEWAY_TERMINATE: ("GATEWAY_TERMINATE", _gateway_terminate),
+    Message.CHANNEL_EXEC: ("CHANNEL_EXEC", _channel_exec),
+    Message.CHANNEL_DATA: ("CHANNEL_DATA", _channel_data),
+    Message.CHANNEL_CLOSE: ("CHANNEL_CLOSE", _channel_close),
+    Message.CHANNEL_CLOSE_ERROR: ("CHANNEL_CLOSE_ERROR", _channel_close_error),
+    Message.CHANNEL_LAST_MESSAGE: ("CHANNEL_LAST_MESSAGE", _channel_last_message),
+}
+
+
+# channels (API.md §6, WIRE.md §6)
+
+
+def _new_item_queue(execmodel):
+    """The queue holding a channel's received items."""
+    queue = execmodel.queue
+    if execmodel.backend in _THREAD_BACKENDS:
+        return queue.SimpleQueue()
+    return queue.Queue()
+
+
+class Channel:
+    """One end of a bidirectional, ordered stream of items."""
+
+    RemoteError = RemoteError
+    TimeoutError = TimeoutError
+    _INTERNALWAKEUP = 1000
+    _executing = False  # True while the remote_exec task owning it runs
+
+    def __init__(self, gateway, id: int) -> None:
+        self.gateway = gateway
+        self.id = id
+        self._items = _new_item_queue(gateway.execmodel)  # None with a callback
+        self._closed = False
+        self._receiveclosed = gateway.execmodel.Event()
+        self._remoteerrors: list = []
+        self._strconfig = getattr(gateway, "_strconfig", (True, False))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.isclosed() else "open"
+        return f"<Channel id={self.id} {state}>"
+
+    def __del__(self) -> None:
+        if sys is None or sys.is_finalizing():
+            return
+        gateway = self.gateway
+        trace(self.id, "channel.__del__")
+        if self._closed:
+            # errors nobody asked for
+            for error in self._remoteerrors:
+                error.warn()
+        elif not self._receiveclosed.is_set():
+            # the peer may still send; with a callback it goes on receiving
+            if self._items is None:
+                msgcode = Message.CHANNEL_LAST_MESSAGE
+            else:
+                msgcode = Message.CHANNEL_CLOSE
+            try:
+                gateway._send(msgcode, self.id)
+            except (OSError, ValueError, AttributeError):
+                pass  # also for gateways that can't send (tests use such)
+
+    def isclosed(self) -> bool:
+        return self._closed
+
+    def _getremoteerror(self):
+        if self._remoteerrors:
+            return self._remoteerrors.pop(0)
+        return getattr(self.gateway, "_error", None)
+
+    def makefile(self, mode: str = "w", proxyclose: bool = False):
+        if mode == "w":
+            return ChannelFileWrite(channel=self, proxyclose=proxyclose)
+        if mode == "r":
+            return ChannelFileRead(channel=self, proxyclose=proxyclose)
+        raise ValueError(f"mode {mode!r} not available")
+
+    def setcallback(self, callback, endmarker=NO_ENDMARKER_WANTED) -> None:
+        """Pass every item, from now on, to callback instead of the queue."""
+        with self.gateway._receivelock:
+            items = self._items
+            if items is None:
+                raise OSError(f"{self!r} has callback already registered")
+            self._items = None
+            empty = self.gateway.execmodel.queue.Empty
+            while True:
+                try:
+                    item = items.get(block=False)
+                except empty:
+                    break
+                if item is ENDMARKER:
+                    items.put(item)  # other receivers see the end too
+                    if endmarker is not NO_ENDMARKER_WANTED:
+                        callback(endmarker)
+                    return
+                callback(item)
+            if not (self._closed or self._receiveclosed.is_set()):
+                self.gateway._channelfactory._callbacks[self.id] = (
+                    callback,
+                    endmarker,
+                    self._strconfig,
+                )
+
+    def close(self, error=None) -> None:
+        """Close this end; with an error text the peer gets a RemoteError."""
+        if self._executing:
+            raise OSError("cannot explicitly close channel within remote_exec")
+        if self._closed:
+            self.gateway._trace(self, "ignoring redundant call to close()")
+            return
+        data = None if error is None else dumps_internal(error)
+        tell_peer = not self._receiveclosed.is_set()
+        if isinstance(error, RemoteError):
+            self._remoteerrors.append(error)
+        self._closed = True
+        self._receiveclosed.set()
+        if self._items is not None:
+            self._items.put(ENDMARKER)
+        self.gateway._channelfactory._no_longer_opened(self.id)
+        if tell_peer:
+            if data is None:
+                self.gateway._send(Message.CHANNEL_CLOSE, self.id)
+            else:
+                self.gateway._send(Message.CHANNEL_CLOSE_ERROR, self.id, data)
+            self.gateway._trace(self.id, "sent channel close message")
+
+    def waitclose(self, timeout=None) -> None:
+        """Wait until the peer closed; raise its error if there is one."""
+        if not self._receiveclosed.wait(timeout=timeout):
+            raise self.TimeoutError(f"Timeout after {timeout!r} seconds")
+        error = self._getremoteerror()
+        if error:
+            raise error
+
+    def send(self, item) -> None:
+        if self.isclosed():
+            raise OSError(f"cannot send to {self!r}")
+        self.gateway._send(Message.CHANNEL_DATA, self.id, dumps_internal(item))
+
+    def receive(self, timeout=None):
+        """The next item; blocks (at most timeout seconds) until one is there."""
+        items = self._items
+        if items is None:
+            raise OSError("cannot receive(), channel has receiver callback")
+        try:
+            item = items.get(timeout=timeout)
+        except self.gateway.execmodel.queue.Empty:
+            raise self.TimeoutError(f"no item after {timeout!r} seconds") from None
+        if item is ENDMARKER:
+            items.put(item)  # for the next receive() and other receivers
+            raise self._getremoteerror() or EOFError()
+        return item
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return self.receive()
+        except EOFError:
+            raise StopIteration from None
+
+    next = __next__
+
+    def reconfigure(self, py2str_as_py3str: bool = True, py3str_as_py2str: bool = False) -> None:
+        """Set how strings from Python 2 peers arrive, here and remotely."""
+        self._strconfig = (py2str_as_py3str, py3str_as_py2str)
+        data = dumps_internal(self._strconfig)
+        self.gateway._send(Message.RECONFIGURE, self.id, data)
+
+
+class ChannelFactory:
+    """Allocates channel ids and knows the live channels of a gateway."""
+
+    def __init__(self, gateway, startcount: int = 1) -> None:
+        self._channels = weakref.WeakValueDictionary()  # id -> live Channel
+        self._callbacks: dict = {}  # id -> (callback, endmarker, strconfig)
+        self._writelock = gateway.execmodel.Lock()
+        self.gateway = gateway
+        self.count = startcount
+        self.finished = False
+
+    def new(self, id=None) -> Channel:
+        """The live channel with this id, created if needed (new id if None)."""
+        with self._writelock:
+            if self.finished:
+                raise OSError(f"connection already closed: {self.gateway!r}")
+            if id is None:
+                id = self.count
+                self.count += 2
+            channel = self._channels.get(id)
+            if channel is None:
+                channel = self._channels[id] = Channel(self.gateway, id)
+            return channel
+
+    def channels(self) -> list:
+        return list(self._channels.values())
+
+    def _no_longer_opened(self, id: int) -> None:
+        self._channels.pop(id, None)
+        registration = self._callbacks.pop(id, None)
+        if registration is not None:
+            callback, endmarker, _ = registration
+            if endmarker is not NO_ENDMARKER_WANTED:
+                callback(endmarker)
+
+    def _local_close(self, id: int, remoteerror=None, sendonly: bool = False) -> None:
+        """The peer closed id (or will send nothing more, with sendonly)."""
+        channel = self._channels.get(id)
+        if channel is None:
+            # the channel object is gone; its callback may still be there
+            if remoteerror:
+                remoteerror.warn()
+            self._no_longer_opened(id)
+            return
+        if remoteerror:
+            channel._remoteerrors.append(remoteerror)
+        if channel._items is not None:
+            channel._items.put(ENDMARKER)
+        self._no_longer_opened(id)
+        if not sendonly:
+            channel._closed = True
+        channel._receiveclosed.set()
+
+    def _local_receive(self, id: int, data: bytes) -> None:
+        """Deliver a CHANNEL_DATA payload (called in the receiver thread)."""
+        registration = self._callbacks.get(id)
+        channel = self._channels.get(id)
+        if registration is None:
+            items = channel._items if channel is not None else None
+            if items is not None:  # else: nobody is listening, drop it
+                items.put(loads_internal(data, channel))
+            return
+        callback, _, strconfig = registration
+        try:
+            # without the channel object, channel references can't load
+            callback(loads_internal(data, channel, strconfig))
+        except Exception as exc:
+            self.gateway._trace("exception during callback:", exc)
+            errortext = self.gateway._geterrortext(exc)
+            try:
+                self.gateway._send(
+                    Message.CHANNEL_CLOSE_ERROR, id, dumps_internal(errortext)
+                )
+            except OSError:
+                pass
+            self._local_close(id, RemoteError(errortext))
+
+    def _finished_receiving(self) -> None:
+        with self._writelock:
+            self.finished = True
+        for id in list(self._channels):
+            self._local_close(id, sendonly=True)
+        for id in list(self._callbacks):
+            self._no_longer_opened(id)
+
+
+class ChannelFile:
+    def __init__(self, channel, proxyclose: bool = True) -> None:
+        self.channel = channel
+        self._proxyclose = proxyclose
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._proxyclose:
+            self.channel.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.channel.isclosed() else "open"
+        return f"<ChannelFile {self.channel.id} {state}>"
+
+
+class ChannelFileWrite(ChannelFile):
+    def write(self, out) -> None:
+        self.channel.send(out)
+
+    def flush(self) -> None:
+        pass
+
+
+class ChannelFileRead(ChannelFile):
+    def __init__(self, channel, proxyclose: bool = True) -> None:
+        super().__init__(channel, proxyclose)
+        self._buffer = None  # received and not yet read: str or bytes
+        self._ended = False
+
+    def _fill(self, enough) -> None:
+        # receive until enough(buffer) or the end of the channel
+        while not self._ended and (self._buffer is None or not enough(self._buffer)):
+            try:
+                item = self.channel.receive()
+            except EOFError:
+                self._ended = True
+                self.close()
+                return
+            self._buffer = item if self._buffer is None else self._buffer + item
+
+    def _take(self, n: int):
+        if self._buffer is None:
+            return ""
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+    def read(self, n: int):
+        self._fill(lambda buffer: len(buffer) >= n)
+        return self._take(n)
+
+    def readline(self):
+        def has_newline(buffer) -> bool:
+            return (b"\n" if isinstance(buffer, bytes) else "\n") in buffer
+
+        self._fill(has_newline)
+        buffer = self._buffer
+        if buffer is None:
+            return ""
+        end = buffer.find(b"\n" if isinstance(buffer, bytes) else "\n")
+        return self._take(end + 1 if end >= 0 else len(buffer))
+
+
+# gateways (LIFECYCLE.md §1, §5)
+
+
+class BaseGateway:
+    """What both ends of a connection share: sending, the receiver loop."""
+
+    _error = None  # why the connection ended, if it did not end cleanly
+    _receiver_ident = None
+
+    def __init__(self, io, id, _startcount: int = 2) -> None:
+        self.execmodel = io.execmodel
+        self._io = io
+        self.id = id
+        self._strconfig = (True, False)
+        self._channelfactory = ChannelFactory(self, _startcount)
+        self._receivelock = self.execmodel.RLock()
+        self._sendlock = self.execmodel.RLock()
+        # a pool of (at most) one: the receiver
+        self._receivepool = WorkerPool(self.execmodel)
+
+    def _trace(self, *msg: object) -> None:
+        trace(self.id, *msg)
+
+    _geterrortext = staticmethod(geterrortext)
+
+    def _initreceive(self) -> None:
+        self._receivepool.spawn(self._thread_receiver)
+
+    def _receive_messages(self) -> None:
+        """Read and dispatch messages until GATEWAY_TERMINATE arrives."""
+        io = self._io
+        receivelock = self._receivelock
+        while True:
+            message = Message.from_io(io)
+            self._trace("[receiver-thread] received", message)
+            with receivelock:
+                try:
+                    message.received(self)
+                except EOFError as exc:
+                    # the frame was complete: its payload is corrupt
+                    raise DataFormatError(f"invalid message payload: {exc}") from exc
+
+    def _thread_receiver(self) -> None:
+        self._receiver_ident = self.execmodel.get_ident()
+        self._trace("[receiver-thread] RECEIVERTHREAD: starting to run")
+        try:
+            self._receive_messages()
+        except (GatewayReceivedTerminate, KeyboardInterrupt):
+            pass
+        except EOFError as exc:
+            self._trace("[receiver-thread] EOF without prior gateway termination message")
+            self._error = exc
+        except Exception as exc:
+            self._trace("[receiver-thread]", geterrortext(exc))
+            self._error = exc
+        finally:
+            self._stop_receiving()
+
+    def _stop_receiving(self) -> None:
+        steps = (
+            ("finishing receiving thread", self._channelfactory._finished_receiving),
+            ("terminating execution", self._terminate_execution),
+            ("closing read", self._io.close_read),
+            ("closing write", self._io.close_write),
+            ("terminating our receive pseudo pool", self._receivepool.trigger_shutdown),
+        )
+        for text, step in steps:
+            self._trace("[receiver-thread]", text)
+            try:
+                step()
+            except Exception as exc:
+                self._trace("[receiver-thread]", text, "failed:", repr(exc))
+
+    def _terminate_execution(self) -> None:
+        pass
+
+    def _send(self, msgcode: int, channelid: int = 0, data: bytes = b"") -> None:
+        """Write one message (atomically with respect to other senders)."""
+        frame = _frame(msgcode, channelid, data)
+        try:
+            if self._error is not None:
+                # the peer is gone; a write might still find its pipe open
+                raise EOFError("connection lost")
+            with self._sendlock:
+                self._io.write(frame)
+        except (OSError, ValueError, EOFError) as exc:
+            self._trace("failed to send", Message(msgcode, channelid, data), exc)
+            raise OSError("cannot send (already closed?)") from exc
+        if trace is not notrace:
+            self._trace("sent", Message(msgcode, channelid, data))
+
+    def _local_schedulexec(self, channel, sourcetask) -> None:
+        channel.close("execution disallowed")
+
+    # the public part
+
+    def newchannel(self) -> Channel:
+        """A new channel with a fresh id."""
+        return self._channelfactory.new()
+
+    def join(self, timeout=None) -> None:
+        """Wait (at most timeout seconds) for the receiver to finish."""
+        if self._receiver_ident == self.execmodel.get_ident():
+            return  # called from the receiver itself
+        self._trace("waiting for receiver thread to finish")
+        self._receivepool.waitall(timeout)
+
+
+class WorkerGateway(BaseGateway):
+    """The serving end of a connection: it runs remote_exec tasks."""
+
+    def __init__(self, io, id, _startcount: int = 2) -> None:
+        super().__init__(io, id, _startcount)
+        hasprimary = self.execmodel.backend in _THREAD_BACKENDS
+        self._execpool = WorkerPool(self.execmodel, hasprimary=hasprimary)
+        # main_thread_only: set while no task runs
+        self._previous_task_done = self.execmodel.Event()
+        self._previous_task_done.set()
+
+    def _local_schedulexec(self, channel, sourcetask) -> None:
+        if self.execmodel.backend == "main_thread_only":
+            if not self._previous_task_done.wait(1.0):
+                channel.close(MAIN_THREAD_ONLY_DEADLOCK_TEXT)
+                return
+            self._previous_task_done.clear()
+        try:
+            self._execpool.spawn(self.executetask, (channel, sourcetask))
+        except ValueError:  # shutting down
+            self._previous_task_done.set()
+            channel.close("execution refused: the gateway is shutting down")
+
+    def _terminate_execution(self) -> None:
+        self._trace("shutting down execution pool")
+        self._execpool.trigger_shutdown()
+        if self._execpool.waitall(5.0):
+            return
+        self._trace("execution ongoing after 5 secs, trying interrupt_main")
+        if sys.platform != "win32":
+            import signal
+
+            self._trace("sending ourselves a SIGINT")
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            self._trace("calling interrupt_main()")
+            _thread.interrupt_main()
+        if not self._execpool.waitall(10.0):
+            self._trace("execution did not finish in another 10 secs, calling os._exit()")
+            os._exit(1)
+
+    def executetask(self, item) -> None:
+        """Run one remote_exec task: item is (channel, task tuple)."""
+        channel, task = item
+        try:
+            try:
+                source, filename, call_name, kwargs = task
+                if trace is not notrace:
+                    self._trace(f"execution starts[{channel.id}]: {repr(source)[:50]}")
+                namespace = {"channel": channel, "__name__": "__channelexec__"}
+                channel._executing = True
+                try:
+                    code = compile(source + "\n", filename or "<remote exec>", "exec")
+                    exec(code, namespace)
+                    if call_name:
+                        self._trace(f"calling {call_name}(**{kwargs!r:.60})")
+                        namespace[call_name](channel, **kwargs)
+                finally:
+                    channel._executing = False
+                    self._trace("execution finished")
+            except KeyboardInterrupt:
+                channel.close(INTERRUPT_TEXT)
+                raise
+            except EOFError:
+                # a receive() that saw the end: a normal end of the task
+                self._trace("ignoring EOFError because receiving finished")
+                channel.close()
+            except BaseException as exc:
+                self._trace(f"got exception: {exc!r}")
+                if channel.gateway._channelfactory.finished:
+                    channel.close()
+                else:
+                    channel.close(geterrortext(exc))
+            else:
+                channel.close()
+        finally:
+            # on every exit path (defect D1)
+            self._previous_task_done.set()
+
+    def serve(self) -> None:
+        try:
+            self._trace("[serve] spawning receiver thread")
+            self._initreceive()
+            if self._execpool._hasprimary:
+                self._trace("[serve] integrating as primary thread")
+                self._execpool.integrate_as_primary_thread()
+            self._trace("[serve] joining receiver thread")
+            self.join()
+        except KeyboardInterrupt:
+            self._trace("swallowing keyboardinterrupt, serve finished")
+
+
+def serve(io, id) -> None:
+    """Be the worker end of the connection io until it ends."""
+    trace(f"creating workergateway on {io!r}")
+    WorkerGateway(io, id, _startcount=2).serve()
+
+
+def init_popen_io(execmodel) -> Popen2IO:
+    """Take fds 0 and 1 for the protocol; leave the null device in their place."""
+    if not hasattr(os, "dup"):
+        io = Popen2IO(sys.stdout, sys.stdin, execmodel)
+        import tempfile
+
+        sys.stdin = tempfile.TemporaryFile("r")
+        sys.stdout = tempfile.TemporaryFile("w")
+        return io
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        infile = execmodel.fdopen(os.dup(0), "r", 1)
+        os.dup2(devnull, 0)
+        outfile = execmodel.fdopen(os.dup(1), "w", 1)
+        os.dup2(devnull, 1)
+        if sys.platform == "win32":
+            sys.stderr = execmodel.fdopen(os.dup(2), "w", 1)
+            os.dup2(devnull, 2)
+    finally:
+        os.close(devnull)
+    if sys.platform == "win32":
+        import msvcrt
+
+        for fd in (infile.fileno(), outfile.fileno()):
+            try:
+                msvcrt.setmode(fd, os.O_BINARY)
+            except (OSError, ValueError):
+                pass
+    sys.stdin = execmodel.fdopen(0, "r", 1, closefd=False)
+    sys.stdout = execmodel.fdopen(1, "w", 1, closefd=False)
+    return Popen2IO(outfile, infile, execmodel)
 
 
 # --------------------------------------------------------------------------

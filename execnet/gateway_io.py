@@ -85,3 +85,168 @@ def vagrant_ssh_args(spec):
 # ---------------------------------------------------------------------------
 # End of the command-line part.
 # ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# Spawning and talking to worker processes, and the "via" proxy
+# (WIRE.md §8).  When this module runs remotely as the proxy forwarder,
+# the worker's core is either importable or is the __main__ module.
+# ---------------------------------------------------------------------------
+
+try:
+    from execnet.gateway_base import Message
+    from execnet.gateway_base import Popen2IO
+except ImportError:
+    from __main__ import Message  # type: ignore[no-redef]
+    from __main__ import Popen2IO  # type: ignore[no-redef]
+
+import struct
+
+# requests on a proxy's control channel
+RIO_KILL = 1
+RIO_WAIT = 2
+RIO_REMOTEADDRESS = 3
+RIO_CLOSE_WRITE = 4
+
+
+class Popen2IOMaster(Popen2IO):
+    """The pipes to a child process running the worker."""
+
+    def __init__(self, args, execmodel):
+        PIPE = execmodel.subprocess.PIPE
+        self.popen = execmodel.subprocess.Popen(args, stdout=PIPE, stdin=PIPE)
+        super().__init__(self.popen.stdin, self.popen.stdout, execmodel=execmodel)
+
+    def wait(self):
+        try:
+            return self.popen.wait()
+        except OSError:
+            return None
+
+    def kill(self):
+        try:
+            self.popen.kill()
+        except OSError as e:
+            sys.stderr.write("ERROR killing: %s\n" % e)
+            sys.stderr.flush()
+
+
+def create_io(spec, execmodel):
+    """Start the process for a popen, ssh or vagrant_ssh spec."""
+    if spec.popen:
+        return Popen2IOMaster(popen_args(spec), execmodel)
+    if spec.ssh:
+        io = Popen2IOMaster(ssh_args(spec), execmodel)
+        io.remoteaddress = spec.ssh
+        return io
+    if spec.vagrant_ssh:
+        io = Popen2IOMaster(vagrant_ssh_args(spec), execmodel)
+        io.remoteaddress = spec.vagrant_ssh
+        return io
+    raise ValueError("no process type in %r" % (spec,))
+
+
+class ProxyIO:
+    """The master's IO of a gateway whose bytes travel through another one."""
+
+    def __init__(self, proxy_channel, execmodel):
+        self._proxy_channel = proxy_channel
+        self._buffer = bytearray()
+        self.execmodel = execmodel
+        self._controlchan = proxy_channel.gateway.newchannel()
+        proxy_channel.send(self._controlchan)
+
+    def read(self, numbytes):
+        while len(self._buffer) < numbytes:
+            try:
+                self._buffer += self._proxy_channel.receive()
+            except EOFError:
+                raise EOFError(
+                    "expected %d bytes, got %d" % (numbytes, len(self._buffer))
+                ) from None
+        data = bytes(self._buffer[:numbytes])
+        del self._buffer[:numbytes]
+        return data
+
+    def write(self, data):
+        self._proxy_channel.send(data)
+
+    def _controlcall(self, request):
+        self._controlchan.send(request)
+        return self._controlchan.receive()
+
+    def close_write(self):
+        self._controlcall(RIO_CLOSE_WRITE)
+
+    def close_read(self):
+        raise NotImplementedError("a proxied connection can't close its read side")
+
+    def kill(self):
+        self._controlcall(RIO_KILL)
+
+    def wait(self):
+        return self._controlcall(RIO_WAIT)
+
+    @property
+    def remoteaddress(self):
+        return self._controlcall(RIO_REMOTEADDRESS)
+
+    def __repr__(self):
+        return "<RemoteIO via %s>" % (self._proxy_channel.gateway.id,)
+
+
+class _ReceivedSpec(dict):
+    """A spec received as a dict: missing keys read as None."""
+
+    def __getattr__(self, name):
+        return self.get(name)
+
+
+def serve_proxy_io(proxy_channel):
+    """Forward a subprocess's bytes over proxy_channel (runs remotely)."""
+    gateway = proxy_channel.gateway
+
+    def log(text, *more):
+        gateway._trace("serve_proxy_io:%s %s" % (proxy_channel.id, text), *more)
+
+    spec = _ReceivedSpec(proxy_channel.receive())
+    sub = create_io(spec, gateway.execmodel)
+    control = proxy_channel.receive()
+    log("got control chan", control)
+
+    def forward_to_sub(data):
+        log("forward data to sub, size %s" % len(data))
+        sub.write(data)
+
+    def answer_control(request):
+        if request == RIO_KILL:
+            control.send(sub.kill())
+        elif request == RIO_WAIT:
+            control.send(sub.wait())
+        elif request == RIO_REMOTEADDRESS:
+            control.send(sub.remoteaddress)
+        elif request == RIO_CLOSE_WRITE:
+            control.send(sub.close_write())
+
+    proxy_channel.setcallback(forward_to_sub)
+    control.setcallback(answer_control)
+
+    log("reading bootstrap byte from sub", spec.id)
+    ack = sub.read(1)
+    if ack != b"1":
+        raise EOFError("bad bootstrap acknowledgement %r" % (ack,))
+    log("forwarding bootstrap byte from sub", spec.id)
+    proxy_channel.send(ack)
+    header = struct.Struct("!bii")
+    while True:
+        try:
+            message = Message.from_io(sub)
+        except EOFError:
+            log("EOF from sub, terminating proxying loop", spec.id)
+            break
+        frame = header.pack(message.msgcode, message.channelid, len(message.data))
+        proxy_channel.send(frame + message.data)
+
+
+if __name__ == "__channelexec__":
+    serve_proxy_io(channel)  # type: ignore[name-defined]  # noqa: F821

@@ -1,0 +1,184 @@
+"""The master's end of a connection: Gateway, remote_exec and status."""
+
+from __future__ import annotations
+
+import types
+
+from . import gateway_base
+from .gateway_base import Message
+from .gateway_base import dumps_internal
+
+
+class Gateway(gateway_base.BaseGateway):
+    """A connection to one remote interpreter (made by makegateway)."""
+
+    def __init__(self, io, spec) -> None:
+        super().__init__(io=io, id=spec.id, _startcount=1)
+        self.spec = spec
+        self._initreceive()
+
+    @property
+    def remoteaddress(self):
+        return self._io.remoteaddress
+
+    def __repr__(self) -> str:
+        try:
+            receiving = "receive-live" if self.hasreceiver() else "not-receiving"
+            count = str(len(self._channelfactory.channels()))
+        except AttributeError:
+            receiving, count = "uninitialized", "no"
+        try:
+            backend = self.execmodel.backend
+        except AttributeError:
+            backend = "uninitialized"
+        return "<{} id={!r} {}, {} model, {} active channels>".format(
+            self.__class__.__name__, self.id, receiving, backend, count
+        )
+
+    def exit(self) -> None:
+        """Ask the worker to end and close our sending side; never waits."""
+        self._trace("gateway.exit() called")
+        group = getattr(self, "_group", None)
+        if group is None or self not in group._gateways:
+            self._trace("gateway already unregistered with group")
+            return
+        group._unregister(self)
+        try:
+            self._trace("--> sending GATEWAY_TERMINATE")
+            self._send(Message.GATEWAY_TERMINATE)
+            self._trace("--> io.close_write")
+            self._io.close_write()
+        except (ValueError, EOFError, OSError) as exc:
+            self._trace("io-error: could not send termination sequence")
+            self._trace(" exception: %r" % exc)
+
+    def reconfigure(self, py2str_as_py3str: bool = True, py3str_as_py2str: bool = False) -> None:
+        """Set the string coercion for channels created from now on, both sides."""
+        self._strconfig = (py2str_as_py3str, py3str_as_py2str)
+        self._send(Message.RECONFIGURE, data=dumps_internal(self._strconfig))
+
+    def _rinfo(self, update: bool = False) -> RInfo:
+        """Facts about the remote interpreter (cached)."""
+        if update or not hasattr(self, "_cache_rinfo"):
+            channel = self.remote_exec(rinfo_source)
+            try:
+                self._cache_rinfo = RInfo(channel.receive())
+            finally:
+                channel.waitclose()
+        return self._cache_rinfo
+
+    def hasreceiver(self) -> bool:
+        """True while the receiver thread runs."""
+        return self._receivepool.active_count() > 0
+
+    def remote_status(self) -> RInfo:
+        """numchannels, numexecuting and execmodel of the remote side."""
+        channel = self.newchannel()
+        self._send(Message.STATUS, channel.id)
+        status = channel.receive()
+        # the remote answers without a channel object of its own
+        self._channelfactory._local_close(channel.id)
+        return RemoteStatus(status)
+
+    def remote_exec(self, source, **kwargs) -> gateway_base.Channel:
+        """Run source remotely; return the channel connected to it.
+
+        source is a string (dedented), a module (its source file) or a
+        pure function, which is called as ``function(channel, **kwargs)``.
+        """
+        call_name = None
+        filename = None
+        if isinstance(source, (types.ModuleType, types.FunctionType)):
+            import inspect  # costly: not imported by workers
+        if isinstance(source, types.ModuleType):
+            import linecache
+
+            filename = inspect.getsourcefile(source)
+            linecache.updatecache(filename)  # see edits made since last time
+            source = inspect.getsource(source)
+        elif isinstance(source, types.FunctionType):
+            call_name = source.__name__
+            filename = inspect.getsourcefile(source)
+            source = _source_of_function(source)
+        else:
+            import textwrap
+
+            source = textwrap.dedent(str(source))
+        if call_name is None and kwargs:
+            raise TypeError("can't pass kwargs to non-function remote_exec")
+        data = dumps_internal((source, filename, call_name, kwargs))
+        channel = self.newchannel()
+        self._send(Message.CHANNEL_EXEC, channel.id, data)
+        return channel
+
+    def remote_init_threads(self, num=None) -> None:
+        """Deprecated; does nothing."""
+        print("WARNING: remote_init_threads() is a no-operation in execnet-1.2")
+
+
+class RInfo:
+    """An attribute bag made from a dict."""
+
+    def __init__(self, kwargs) -> None:
+        self.__dict__.update(kwargs)
+
+    def __repr__(self) -> str:
+        info = ", ".join(f"{key}={value}" for key, value in sorted(self.__dict__.items()))
+        return f"<RInfo {info!r}>"
+
+
+RemoteStatus = RInfo
+
+
+def rinfo_source(channel) -> None:
+    import os
+    import sys
+
+    channel.send(
+        {
+            "executable": sys.executable,
+            "version_info": tuple(sys.version_info),
+            "platform": sys.platform,
+            "cwd": os.getcwd(),
+            "pid": os.getpid(),
+        }
+    )
+
+
+def _find_non_builtin_globals(source: str, codeobj) -> list[str]:
+    """Names in source that are neither locals of codeobj nor builtins."""
+    import ast
+    import builtins
+
+    local_names = set(codeobj.co_varnames)
+    return [
+        node.id
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Name)
+        and node.id not in local_names
+        and node.id not in builtins.__dict__
+    ]
+
+
+def _source_of_function(function) -> str:
+    """The source of a pure function, padded to keep its line numbers."""
+    import inspect
+
+    if function.__name__ == "<lambda>":
+        raise ValueError("can't evaluate lambda functions'")
+    positional = inspect.getfullargspec(function).args
+    if not positional or positional[0] != "channel":
+        raise ValueError("expected first function argument to be `channel`")
+    if function.__closure__:
+        raise ValueError("functions with closures can't be passed")
+    try:
+        source = inspect.getsource(function)
+    except OSError:
+        raise ValueError(f"can't find source file for {function}") from None
+    import textwrap
+
+    source = textwrap.dedent(source)
+    used_globals = _find_non_builtin_globals(source, function.__code__)
+    if used_globals:
+        raise ValueError("the use of non-builtin globals isn't supported", used_globals)
+    return "\n" * (function.__code__.co_firstlineno - 1) + source

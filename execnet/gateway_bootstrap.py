@@ -1,0 +1,154 @@
+"""Getting a fresh interpreter to run the worker end (WIRE.md §2-3)."""
+
+from __future__ import annotations
+
+import os
+
+import execnet
+
+from . import gateway_base
+from .gateway import Gateway
+
+# the directory holding the execnet package, for the import bootstrap
+importdir = os.path.dirname(os.path.dirname(execnet.__file__))
+
+
+class HostNotFound(Exception):
+    pass
+
+
+def sendexec(io, *sources: str) -> None:
+    """Send source lines for the remote bootstrap line to execute."""
+    source = "\n".join(sources)
+    # one line holding a string literal; ASCII because the remote reads it
+    # through its locale-dependent text stdin
+    io.write((ascii(source) + "\n").encode("ascii"))
+
+
+def _check_ack(io) -> None:
+    ack = io.read(1)
+    if ack != b"1":
+        _discard(io)
+        raise AssertionError(f"bad bootstrap acknowledgement {ack!r}")
+
+
+def _discard(io) -> None:
+    """Leave no process or open pipe behind for a failed bootstrap."""
+    for name in ("kill", "wait", "close_write", "close_read"):
+        try:
+            getattr(io, name)()
+        except Exception:
+            pass
+
+
+def bootstrap_import(io, spec) -> None:
+    """The child is our own interpreter: let it import the package."""
+    sendexec(
+        io,
+        "import sys",
+        f"if {importdir!r} not in sys.path:",
+        f"    sys.path.insert(0, {importdir!r})",
+        "from execnet.gateway_base import serve, init_popen_io, get_execmodel",
+        "sys.stdout.write('1')",
+        "sys.stdout.flush()",
+        f"execmodel = get_execmodel({spec.execmodel!r})",
+        f"serve(init_popen_io(execmodel), id={spec.id + '-worker'!r})",
+    )
+    _check_ack(io)
+
+
+_portable_source = None
+
+
+def portable_core_source() -> str:
+    """The text of the portable core, shipped to interpreters that lack us."""
+    global _portable_source
+    if _portable_source is None:
+        with open(gateway_base.__file__.replace(".pyc", ".py"), encoding="utf-8") as f:
+            _portable_source = f.read()
+    return _portable_source
+
+
+def bootstrap_exec(io, spec) -> None:
+    """Ship the portable core itself (python=, ssh, vagrant_ssh, via)."""
+    try:
+        sendexec(
+            io,
+            portable_core_source(),
+            f"execmodel = get_execmodel({spec.execmodel!r})",
+            "io = init_popen_io(execmodel)",
+            "io.write(b'1')",
+            f"serve(io, id={spec.id + '-worker'!r})",
+        )
+        _check_ack(io)
+    except EOFError:
+        status = io.wait()
+        if status == 255 and hasattr(io, "remoteaddress"):
+            _discard(io)
+            raise HostNotFound(io.remoteaddress) from None
+        # otherwise execnet builds a gateway on the dead connection;
+        # its receiver ends at once
+
+
+def bootstrap_socket(io, spec) -> None:
+    """Ship the portable core to a socket server (uses its execmodel)."""
+    sendexec(
+        io,
+        portable_core_source(),
+        "import socket",
+        "class SocketIO:",
+        "    def __init__(self, sock, execmodel):",
+        "        self.sock = sock",
+        "        self.execmodel = execmodel",
+        "    def read(self, numbytes):",
+        "        parts = []",
+        "        missing = numbytes",
+        "        while missing > 0:",
+        "            data = self.sock.recv(min(missing, 1 << 20))",
+        "            if not data:",
+        "                raise EOFError('expected %d bytes, got %d'"
+        " % (numbytes, numbytes - missing))",
+        "            parts.append(data)",
+        "            missing -= len(data)",
+        "        return b''.join(parts)",
+        "    def write(self, data):",
+        "        self.sock.sendall(data)",
+        "    def close_read(self):",
+        "        try:",
+        "            self.sock.shutdown(socket.SHUT_RD)",
+        "        except OSError:",
+        "            pass",
+        "    def close_write(self):",
+        "        try:",
+        "            self.sock.shutdown(socket.SHUT_WR)",
+        "        except OSError:",
+        "            pass",
+        "    def wait(self):",
+        "        pass",
+        "    def kill(self):",
+        "        pass",
+        "try:",
+        "    execmodel",
+        "except NameError:",
+        "    execmodel = get_execmodel('thread')",
+        "io = SocketIO(clientsock, execmodel)",
+        "io.write(b'1')",
+        f"serve(io, id={str(spec) + '-worker'!r})",
+    )
+    _check_ack(io)
+
+
+def bootstrap(io, spec) -> Gateway:
+    """Start the worker on the other end of io; return the gateway."""
+    if spec.popen:
+        if spec.via or spec.python:
+            bootstrap_exec(io, spec)
+        else:
+            bootstrap_import(io, spec)
+    elif spec.ssh or spec.vagrant_ssh:
+        bootstrap_exec(io, spec)
+    elif spec.socket:
+        bootstrap_socket(io, spec)
+    else:
+        raise ValueError("unknown gateway type, can't bootstrap")
+    return Gateway(io, spec)

@@ -1,0 +1,268 @@
+"""Groups of gateways, channels of several gateways, and termination."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+
+from . import gateway_bootstrap
+from . import gateway_io
+from .gateway_base import NO_ENDMARKER_WANTED
+from .gateway_base import RemoteError
+from .gateway_base import WorkerPool
+from .gateway_base import get_execmodel
+from .gateway_base import trace
+from .xspec import XSpec
+
+# the remote part of makegateway's chdir/nice/env handling (XSPEC.md §6)
+_REMOTE_SETUP = """
+import os
+path, nice, env = channel.receive()
+if path:
+    if not os.path.exists(path):
+        os.mkdir(path)
+    os.chdir(path)
+if nice and hasattr(os, "nice"):
+    os.nice(nice)
+for name, value in env.items():
+    os.environ[name] = value
+"""
+
+
+class Group:
+    """Gateways that share one local execution model."""
+
+    defaultspec = "popen"
+
+    def __init__(self, xspecs=(), execmodel="thread") -> None:
+        self._gateways: list = []
+        self._autoidcounter = 0
+        self._autoidlock = threading.Lock()
+        self._gateways_to_join: list = []
+        self.set_execmodel(execmodel)
+        for xspec in xspecs:
+            self.makegateway(xspec)
+        atexit.register(self._cleanup_atexit)
+
+    @property
+    def execmodel(self):
+        return self._execmodel
+
+    @property
+    def remote_execmodel(self):
+        return self._remote_execmodel
+
+    def set_execmodel(self, execmodel, remote_execmodel=None) -> None:
+        """Set the local and remote execution models (before any gateway)."""
+        if self:
+            raise ValueError(
+                "can not set execution models if gateways have been created already"
+            )
+        if remote_execmodel is None:
+            remote_execmodel = execmodel
+        self._execmodel = get_execmodel(execmodel)
+        self._remote_execmodel = get_execmodel(remote_execmodel)
+
+    def __repr__(self) -> str:
+        return "<Group %r>" % [gw.id for gw in self._gateways]
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self._gateways[key]
+        for gw in self._gateways:
+            if gw == key or gw.id == key:
+                return gw
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._gateways)
+
+    def __iter__(self):
+        return iter(list(self._gateways))
+
+    def makegateway(self, spec=None):
+        """Create, register and return a gateway for spec (XSPEC.md §4)."""
+        if not spec:
+            spec = self.defaultspec
+        if not isinstance(spec, XSpec):
+            spec = XSpec(spec)
+        self.allocate_id(spec)
+        if any(gw.id == spec.id for gw in self._gateways):
+            # checked before a process exists (execnet checks after, D8)
+            raise AssertionError(f"already have gateway with id {spec.id!r}")
+        if spec.execmodel is None:
+            spec.execmodel = self.remote_execmodel.backend
+        if spec.via:
+            assert not spec.socket
+            master = self[spec.via]
+            proxy_channel = master.remote_exec(gateway_io)
+            proxy_channel.send(vars(spec))
+            io = gateway_io.ProxyIO(proxy_channel, self.execmodel)
+        elif spec.popen or spec.ssh or spec.vagrant_ssh:
+            io = gateway_io.create_io(spec, execmodel=self.execmodel)
+        elif spec.socket:
+            from . import gateway_socket
+
+            io = gateway_socket.create_io(spec, self, execmodel=self.execmodel)
+        else:
+            raise ValueError(f"no gateway type found for {spec._spec!r}")
+        gw = gateway_bootstrap.bootstrap(io, spec)
+        gw.spec = spec
+        self._register(gw)
+        if spec.chdir or spec.nice or spec.env:
+            channel = gw.remote_exec(_REMOTE_SETUP)
+            nice = int(spec.nice) if spec.nice else 0
+            channel.send((spec.chdir, nice, spec.env))
+            channel.waitclose()
+        return gw
+
+    def allocate_id(self, spec) -> None:
+        """Give spec an id ("gw<N>") unless it has one."""
+        with self._autoidlock:
+            if spec.id is None:
+                id = "gw" + str(self._autoidcounter)
+                self._autoidcounter += 1
+                if id in self:
+                    raise ValueError(f"already have gateway with id {id!r}")
+                spec.id = id
+
+    def _register(self, gateway) -> None:
+        assert not hasattr(gateway, "_group")
+        assert gateway.id
+        assert gateway.id not in self
+        self._gateways.append(gateway)
+        gateway._group = self
+
+    def _unregister(self, gateway) -> None:
+        self._gateways.remove(gateway)
+        self._gateways_to_join.append(gateway)
+
+    def _cleanup_atexit(self) -> None:
+        trace(f"=== atexit cleanup {self!r} ===")
+        self.terminate(timeout=1.0)
+
+    def terminate(self, timeout=None) -> None:
+        """End every gateway; kill processes still there after timeout."""
+
+        def join_and_wait(gw):
+            gw.join()
+            gw._io.wait()
+
+        def kill(gw):
+            trace(f"Gateways did not come down after timeout: {gw!r}")
+            gw._io.kill()
+
+        while True:
+            # exit the gateways nobody goes through first
+            vias = {gw.spec.via for gw in self._gateways if gw.spec.via}
+            leaves = [gw for gw in self._gateways if gw.id not in vias]
+            for gw in leaves or list(self._gateways):
+                gw.exit()
+            pairs = [
+                (lambda gw=gw: join_and_wait(gw), lambda gw=gw: kill(gw))
+                for gw in self._gateways_to_join
+            ]
+            safe_terminate(self.execmodel, timeout, pairs)
+            self._gateways_to_join[:] = []
+            if not self._gateways:
+                break
+
+    def remote_exec(self, source, **kwargs) -> MultiChannel:
+        """remote_exec on every gateway; the channels as a MultiChannel."""
+        return MultiChannel([gw.remote_exec(source, **kwargs) for gw in self])
+
+
+class MultiChannel:
+    """Several channels used together."""
+
+    def __init__(self, channels) -> None:
+        self._channels = channels
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def __iter__(self):
+        return iter(self._channels)
+
+    def __getitem__(self, key):
+        return self._channels[key]
+
+    def __contains__(self, channel) -> bool:
+        return channel in self._channels
+
+    def send_each(self, item) -> None:
+        for channel in self._channels:
+            channel.send(item)
+
+    def receive_each(self, withchannel: bool = False) -> list:
+        assert not hasattr(self, "_queue"), "receive queue in use"
+        if withchannel:
+            return [(channel, channel.receive()) for channel in self._channels]
+        return [channel.receive() for channel in self._channels]
+
+    def make_receive_queue(self, endmarker=NO_ENDMARKER_WANTED):
+        """A queue of (channel, item) for the items of every channel."""
+        try:
+            return self._queue
+        except AttributeError:
+            pass
+        self._queue = None
+        for channel in self._channels:
+            if self._queue is None:
+                self._queue = channel.gateway.execmodel.queue.Queue()
+
+            def put(item, channel=channel):
+                self._queue.put((channel, item))
+
+            channel.setcallback(put, endmarker=endmarker)
+        return self._queue
+
+    def waitclose(self) -> None:
+        """Wait for every channel; then raise the first RemoteError seen."""
+        first_error = None
+        for channel in self._channels:
+            try:
+                channel.waitclose()
+            except RemoteError as exc:
+                if first_error is None:
+                    first_error = exc
+        if first_error is not None:
+            raise first_error
+
+
+def safe_terminate(execmodel, timeout, list_of_paired_functions) -> None:
+    """Run each (term, kill) pair concurrently: kill if term overruns timeout.
+
+    All waits are bounded by twice the timeout, so a hanging kill cannot
+    block the caller.  An exception raised by a pair is raised again.
+    """
+    pool = WorkerPool(execmodel)
+    bound = None if timeout is None else 2 * timeout
+
+    def term_or_kill(term, kill):
+        reply = pool.spawn(term)
+        try:
+            reply.get(timeout=timeout)
+        except OSError:
+            kill()
+
+    replies = [pool.spawn(term_or_kill, term, kill) for term, kill in list_of_paired_functions]
+    for reply in replies:
+        try:
+            reply.get(timeout=bound)
+        except OSError:
+            if not reply.running:
+                raise
+    pool.trigger_shutdown()
+
+
+default_group = Group()
+makegateway = default_group.makegateway
+set_execmodel = default_group.set_execmodel

@@ -1,0 +1,31 @@
+"""Helpers for the runtime tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+# how long a test waits for anything before it counts as a failure
+TIMEOUT = 20.0
+
+
+def wait_for(predicate, timeout: float = TIMEOUT, interval: float = 0.01) -> None:
+    """Poll predicate until it is true; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+def run_python(source: str, timeout: float = TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
+    """Run source in a fresh interpreter; capture its output."""
+    return subprocess.run(
+        [sys.executable, "-c", source],
+        capture_output=True,
+        timeout=timeout,
+        **kwargs,
+    )
