@@ -9,6 +9,7 @@
 #ifndef XN_WIRE_ONLY
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 #endif
 
 #include <stddef.h>
@@ -84,6 +85,10 @@ xn_get_f64(const unsigned char *p)
 /* Writes the message header for a payload of length bytes at p. */
 void xn_put_header(unsigned char *p, int8_t msgcode, int32_t channel,
                    int32_t length);
+/* Returns 1 if the payload p[0..n) is a well-formed serialized value as far
+ * as can be told without building it, else 0. */
+int xn_payload_plausible(const unsigned char *p, size_t n);
+
 /* Reads the message header at p into its three fields (returns nothing). */
 void xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel,
                    int32_t *length);
@@ -102,6 +107,7 @@ void xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel,
     X(DUMPFORMAT_VERSION, "DUMPFORMAT_VERSION")                                \
     X(DumpError, "DumpError")                                                  \
     X(LoadError, "LoadError")                                                  \
+    X(TimeoutError, "TimeoutError")                                            \
     X(Unserializer, "Unserializer")                                            \
     X(load, "load")                                                            \
     X(read, "read")                                                            \
@@ -118,6 +124,10 @@ typedef struct {
     PyObject *namespace;
     PyObject *DumpError;
     PyObject *LoadError;
+    PyObject *TimeoutError;
+    /* the C core's types (io.c, channel.c) */
+    PyTypeObject *ConnectionType;
+    PyTypeObject *ItemQueueType;
 #define XN_STRING_FIELD(name, text) PyObject *s_##name;
     XN_STRINGS(XN_STRING_FIELD)
 #undef XN_STRING_FIELD
@@ -129,6 +139,13 @@ xn_get_state(PyObject *module)
 {
     return (xn_state *)PyModule_GetState(module);
 }
+
+/* The module definition, to find the state from a type of the module. */
+extern struct PyModuleDef xn_module_def;
+
+/* Returns the state of the module that defined tp (borrowed), or NULL with
+ * an exception set. */
+xn_state *xn_state_of_type(PyTypeObject *tp);
 
 /* Returns 0 if _install() has run, else -1 with RuntimeError set. */
 int xn_require_installed(xn_state *st);
@@ -169,6 +186,80 @@ int xn_serializer_add_functions(PyObject *module);
 /* Adds loads and loads_internal to the module.  Returns 0, or -1 with an
  * exception set. */
 int xn_unserializer_add_functions(PyObject *module);
+
+/* Returns a new bytes object holding one message: the header for msgcode
+ * and channelid, then obj serialized as its payload; or NULL with an
+ * exception set (DumpError for what can't be serialized). */
+PyObject *xn_encode_message(xn_state *st, PyObject *obj, int msgcode,
+                            int32_t channelid);
+
+/* Returns the value of the message payload data[0..n) (new reference), or
+ * NULL with an exception set.  Channel references and the string config
+ * come from owner, a channel (or gateway), as in loads_internal(). */
+PyObject *xn_load_payload(xn_state *st, const char *data, Py_ssize_t n,
+                          PyObject *owner);
+
+/* ---- channel.c: the native item queue of a channel ----------------------- */
+
+/* One serialized item, as it came off the wire. */
+typedef struct xn_item xn_item;
+
+/* Returns a new item of size bytes, contents unset, or NULL (no exception
+ * set: callable without the GIL). */
+xn_item *xn_item_new(Py_ssize_t size);
+/* Returns the item's bytes. */
+char *xn_item_data(xn_item *item);
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int sync_ready;
+    xn_item *head, *tail;
+    Py_ssize_t count;
+    int waiters;
+    int ended;   /* nothing more will come: get() returns the endmarker */
+    int passing; /* items go to Python (a callback), not into the queue */
+    PyObject *endmarker;
+    PyObject *connection; /* the xn_connection filling it, or NULL */
+    int32_t channelid;
+} xn_queue;
+
+/* Appends item, taking ownership, unless the queue ended or passes items
+ * on; no GIL needed.  Returns 1 if queued, 0 if the caller keeps item. */
+int xn_queue_push(xn_queue *q, xn_item *item);
+
+extern PyType_Spec xn_queue_spec;
+
+/* ---- io.c: a gateway's connection --------------------------------------- */
+
+typedef struct {
+    char *data;
+    Py_ssize_t size, capacity;
+} xn_buffer;
+
+typedef struct {
+    PyObject_HEAD
+    int rfd, wfd;
+    PyObject *dispatch; /* dispatch(code, channelid, payload) */
+    int locks_ready;
+    /* channel id -> queue, for the IO thread */
+    pthread_mutex_t table_lock;
+    struct xn_slot *slots;
+    size_t capacity, used, filled;
+    /* the IO thread */
+    int reader_started;
+    int reader_running;
+    /* writing: one writer at a time, the others append to pending */
+    pthread_mutex_t write_lock;
+    int writing, write_failed, write_closed;
+    xn_buffer pending;
+} xn_connection;
+
+/* Drops q from c's table (called by a dying queue; GIL held). */
+void xn_connection_forget_queue(xn_connection *c, xn_queue *q);
+
+extern PyType_Spec xn_connection_spec;
 
 #endif /* XN_WIRE_ONLY */
 

@@ -8,6 +8,18 @@
 
 /* ---- shared helpers ------------------------------------------------------ */
 
+/* Returns the state of the module that defined tp (borrowed), or NULL with
+ * an exception set. */
+xn_state *
+xn_state_of_type(PyTypeObject *tp)
+{
+    PyObject *module = PyType_GetModuleByDef(tp, &xn_module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    return xn_get_state(module);
+}
+
 /* Returns 0 if _install() has run, else -1 with RuntimeError set. */
 int
 xn_require_installed(xn_state *st)
@@ -233,7 +245,7 @@ static PyObject *
 module_install(PyObject *module, PyObject *namespace)
 {
     xn_state *st = xn_get_state(module);
-    PyObject *dump_error = NULL, *load_error = NULL;
+    PyObject *dump_error = NULL, *load_error = NULL, *timeout_error = NULL;
 
     if (!PyDict_Check(namespace)) {
         PyErr_Format(PyExc_TypeError,
@@ -249,15 +261,21 @@ module_install(PyObject *module, PyObject *namespace)
     if (load_error == NULL) {
         goto error;
     }
+    timeout_error = exception_class_from(namespace, st->s_TimeoutError);
+    if (timeout_error == NULL) {
+        goto error;
+    }
     Py_INCREF(namespace);
     Py_XSETREF(st->namespace, namespace);
     Py_XSETREF(st->DumpError, dump_error);
     Py_XSETREF(st->LoadError, load_error);
+    Py_XSETREF(st->TimeoutError, timeout_error);
     Py_RETURN_NONE;
 
 error:
     Py_XDECREF(dump_error);
     Py_XDECREF(load_error);
+    Py_XDECREF(timeout_error);
     return NULL;
 }
 
@@ -291,6 +309,22 @@ module_exec(PyObject *module)
     if (xn_unserializer_add_functions(module) < 0) {
         return -1;
     }
+    st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &xn_connection_spec, NULL);
+    if (st->ConnectionType == NULL) {
+        return -1;
+    }
+    if (PyModule_AddType(module, st->ConnectionType) < 0) {
+        return -1;
+    }
+    st->ItemQueueType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &xn_queue_spec, NULL);
+    if (st->ItemQueueType == NULL) {
+        return -1;
+    }
+    if (PyModule_AddType(module, st->ItemQueueType) < 0) {
+        return -1;
+    }
     return 0;
 }
 
@@ -302,6 +336,9 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->namespace);
     Py_VISIT(st->DumpError);
     Py_VISIT(st->LoadError);
+    Py_VISIT(st->TimeoutError);
+    Py_VISIT(st->ConnectionType);
+    Py_VISIT(st->ItemQueueType);
 #define XN_STRING_VISIT(name, text) Py_VISIT(st->s_##name);
     XN_STRINGS(XN_STRING_VISIT)
 #undef XN_STRING_VISIT
@@ -316,6 +353,9 @@ module_clear(PyObject *module)
     Py_CLEAR(st->namespace);
     Py_CLEAR(st->DumpError);
     Py_CLEAR(st->LoadError);
+    Py_CLEAR(st->TimeoutError);
+    Py_CLEAR(st->ConnectionType);
+    Py_CLEAR(st->ItemQueueType);
 #define XN_STRING_CLEAR(name, text) Py_CLEAR(st->s_##name);
     XN_STRINGS(XN_STRING_CLEAR)
 #undef XN_STRING_CLEAR
@@ -336,11 +376,12 @@ static PyModuleDef_Slot module_slots[] = {
 
 PyDoc_STRVAR(
     module_doc,
-    "execnet's C core: dumps, loads and their *_internal forms.\n\n"
+    "execnet's C core: the serializer, and the connection with its IO thread\n"
+    "and native channel queues.\n\n"
     "Bound to execnet.gateway_base by _install(); use it through that module.");
 
 /* clang-format off */
-static struct PyModuleDef execnet_module = {
+struct PyModuleDef xn_module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "execnet._execnet",
     .m_doc = module_doc,
@@ -357,5 +398,5 @@ static struct PyModuleDef execnet_module = {
 PyMODINIT_FUNC
 PyInit__execnet(void)
 {
-    return PyModuleDef_Init(&execnet_module);
+    return PyModuleDef_Init(&xn_module_def);
 }

@@ -753,6 +753,37 @@ error:
     return result;
 }
 
+/* Returns a new bytes object: the message header for msgcode and channelid,
+ * then obj serialized as the payload; or NULL with an exception set. */
+PyObject *
+xn_encode_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid)
+{
+    encoder e;
+    PyObject *result = NULL;
+    Py_ssize_t payload;
+
+    encoder_init(&e, st);
+    if (out_take(&e, XN_HEADER_SIZE) == NULL || encode(&e, obj) < 0) {
+        goto error;
+    }
+    payload = e.len + e.chunked - XN_HEADER_SIZE;
+    if (payload > INT32_LIMIT) {
+        PyErr_SetString(st->DumpError, "message is too long");
+        goto error;
+    }
+    xn_put_header(e.out, (int8_t)msgcode, channelid, (int32_t)payload);
+    if (e.nchunks == 0) {
+        result = PyBytes_FromStringAndSize((const char *)e.out, e.len);
+    }
+    else {
+        result = join_output(&e);
+    }
+
+error:
+    encoder_free(&e);
+    return result;
+}
+
 static const char *const dumps_params[] = {"obj"};
 
 PyDoc_STRVAR(dumps_doc,

@@ -1036,6 +1036,24 @@ error:
     return result;
 }
 
+/* Returns the value of the message payload data[0..n) (new reference), or
+ * NULL with an exception set; owner (a channel or NULL) as in
+ * loads_internal(). */
+PyObject *
+xn_load_payload(xn_state *st, const char *data, Py_ssize_t n, PyObject *owner)
+{
+    decoder d;
+    PyObject *result = NULL;
+
+    decoder_init(&d, st, data, n);
+    d.owner = owner;
+    if (choose_strconfig(&d, NULL, NULL) == 0) {
+        result = decode(&d);
+    }
+    decoder_free(&d);
+    return result;
+}
+
 static const char *const loads_params[] = {"bytestring", "py2str_as_py3str",
                                            "py3str_as_py2str"};
 

@@ -47,7 +47,7 @@ class Gateway(gateway_base.BaseGateway):
             self._trace("--> sending GATEWAY_TERMINATE")
             self._send(Message.GATEWAY_TERMINATE)
             self._trace("--> io.close_write")
-            self._io.close_write()
+            self._close_write()
         except (ValueError, EOFError, OSError) as exc:
             self._trace("io-error: could not send termination sequence")
             self._trace(" exception: %r" % exc)
@@ -69,7 +69,7 @@ class Gateway(gateway_base.BaseGateway):
 
     def hasreceiver(self) -> bool:
         """True while the receiver thread runs."""
-        return self._receivepool.active_count() > 0
+        return self._receiving()
 
     def remote_status(self) -> RInfo:
         """numchannels, numexecuting and execmodel of the remote side."""

@@ -928,6 +928,17 @@ class Popen2IO:
     def close_write(self) -> None:
         self.outfile.close()
 
+    def native_fds(self):
+        """Copies of the (read, write) descriptors for the C core, or None
+        when this IO does not simply read and write two files."""
+        if self._read != getattr(self.infile, "buffer", self.infile).read:
+            return None  # reading was replaced (tests inject faults so)
+        try:
+            rfd, wfd = self.infile.fileno(), self.outfile.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+        return os.dup(rfd), os.dup(wfd)
+
 
 def _frame(msgcode: int, channelid: int, data: bytes) -> bytes:
     """One message as it travels: header and payload."""
@@ -1077,10 +1088,17 @@ class Channel:
     _INTERNALWAKEUP = 1000
     _executing = False  # True while the remote_exec task owning it runs
 
+    _native = False  # items are queued by the C core's IO thread
+
     def __init__(self, gateway, id: int) -> None:
         self.gateway = gateway
         self.id = id
-        self._items = _new_item_queue(gateway.execmodel)  # None with a callback
+        conn = getattr(gateway, "_conn", None)
+        if conn is None:
+            self._items = _new_item_queue(gateway.execmodel)  # None with a callback
+        else:
+            self._items = conn.queue(id, ENDMARKER)
+            self._native = True
         self._closed = False
         self._receiveclosed = gateway.execmodel.Event()
         self._remoteerrors: list = []
@@ -1132,8 +1150,16 @@ class Channel:
             if items is None:
                 raise OSError(f"{self!r} has callback already registered")
             self._items = None
+            if self._native:
+                payloads, ended = items.pass_on()
+                for data in payloads:
+                    callback(loads_internal(data, self))
+                if ended:
+                    if endmarker is not NO_ENDMARKER_WANTED:
+                        callback(endmarker)
+                    return
             empty = self.gateway.execmodel.queue.Empty
-            while True:
+            while not self._native:
                 try:
                     item = items.get(block=False)
                 except empty:
@@ -1183,21 +1209,34 @@ class Channel:
             raise error
 
     def send(self, item) -> None:
-        if self.isclosed():
+        if self._closed:
             raise OSError(f"cannot send to {self!r}")
-        self.gateway._send(Message.CHANNEL_DATA, self.id, dumps_internal(item))
+        gateway = self.gateway
+        if self._native and gateway._error is None:
+            gateway._conn.send(Message.CHANNEL_DATA, self.id, item)
+        else:
+            gateway._send(Message.CHANNEL_DATA, self.id, dumps_internal(item))
 
     def receive(self, timeout=None):
         """The next item; blocks (at most timeout seconds) until one is there."""
         items = self._items
         if items is None:
             raise OSError("cannot receive(), channel has receiver callback")
-        try:
-            item = items.get(timeout=timeout)
-        except self.gateway.execmodel.queue.Empty:
-            raise self.TimeoutError(f"no item after {timeout!r} seconds") from None
+        if self._native:
+            # decoded here; the end stays in the queue for every receiver
+            try:
+                item = items.get(timeout, self)
+            except DataFormatError as exc:
+                self.gateway._fail(exc)
+                raise
+        else:
+            try:
+                item = items.get(timeout=timeout)
+            except self.gateway.execmodel.queue.Empty:
+                raise self.TimeoutError(f"no item after {timeout!r} seconds") from None
+            if item is ENDMARKER:
+                items.put(item)  # for the next receive() and other receivers
         if item is ENDMARKER:
-            items.put(item)  # for the next receive() and other receivers
             raise self._getremoteerror() or EOFError()
         return item
 
@@ -1225,6 +1264,15 @@ class ChannelFactory:
     def __init__(self, gateway, startcount: int = 1) -> None:
         self._channels = weakref.WeakValueDictionary()  # id -> live Channel
         self._callbacks: dict = {}  # id -> (callback, endmarker, strconfig)
+        # With the C core, items are decoded when received, so the peer's
+        # data for a channel may come before the item that refers to it is
+        # decoded: such channels are made on arrival and kept here until a
+        # reference claims them.
+        # For the same reason a reference decoded after its channel closed
+        # must find that channel: every channel object, closed ones too.
+        self._known_ids: set = set()
+        self._unclaimed: dict = {}
+        self._all = weakref.WeakValueDictionary()
         self._writelock = gateway.execmodel.Lock()
         self.gateway = gateway
         self.count = startcount
@@ -1238,9 +1286,16 @@ class ChannelFactory:
             if id is None:
                 id = self.count
                 self.count += 2
+            else:
+                self._known_ids.add(id)
+                channel = self._unclaimed.pop(id, None) or self._all.get(id)
+                if channel is not None:
+                    return channel
             channel = self._channels.get(id)
             if channel is None:
                 channel = self._channels[id] = Channel(self.gateway, id)
+                if getattr(self.gateway, "_conn", None) is not None:
+                    self._all[id] = channel
             return channel
 
     def channels(self) -> list:
@@ -1254,9 +1309,22 @@ class ChannelFactory:
             if endmarker is not NO_ENDMARKER_WANTED:
                 callback(endmarker)
 
+    def _adopt(self, id: int):
+        """A channel of the peer not referred to yet (see _unclaimed), or None."""
+        if (
+            getattr(self.gateway, "_conn", None) is None
+            or id in self._known_ids
+            or id % 2 == self.count % 2
+            or self.finished
+        ):
+            return None
+        channel = self.new(id)
+        self._unclaimed[id] = channel
+        return channel
+
     def _local_close(self, id: int, remoteerror=None, sendonly: bool = False) -> None:
         """The peer closed id (or will send nothing more, with sendonly)."""
-        channel = self._channels.get(id)
+        channel = self._channels.get(id) or self._adopt(id)
         if channel is None:
             # the channel object is gone; its callback may still be there
             if remoteerror:
@@ -1277,9 +1345,12 @@ class ChannelFactory:
         registration = self._callbacks.get(id)
         channel = self._channels.get(id)
         if registration is None:
+            if channel is None:
+                channel = self._adopt(id)
             items = channel._items if channel is not None else None
             if items is not None:  # else: nobody is listening, drop it
-                items.put(loads_internal(data, channel))
+                item = loads_internal(data, channel)  # corrupt data ends here
+                items.put(data if channel._native else item)
             return
         callback, _, strconfig = registration
         try:
@@ -1377,6 +1448,7 @@ class BaseGateway:
 
     _error = None  # why the connection ended, if it did not end cleanly
     _receiver_ident = None
+    _conn = None  # the C core's connection, when it serves this gateway
 
     def __init__(self, io, id, _startcount: int = 2) -> None:
         self.execmodel = io.execmodel
@@ -1395,7 +1467,65 @@ class BaseGateway:
     _geterrortext = staticmethod(geterrortext)
 
     def _initreceive(self) -> None:
-        self._receivepool.spawn(self._thread_receiver)
+        self._conn = self._native_connection()
+        if self._conn is None:
+            self._receivepool.spawn(self._thread_receiver)
+        else:
+            self._receiver_done = self.execmodel.Event()
+            self._conn.start()
+
+    def _native_connection(self):
+        """A C core connection for our IO, if the C core can serve it."""
+        if _core is None or trace is not notrace:
+            return None
+        if self.execmodel.backend not in _THREAD_BACKENDS:
+            return None  # green threads would not run while C blocks
+        native_fds = getattr(self._io, "native_fds", None)
+        fds = native_fds() if native_fds is not None else None
+        if fds is None:
+            return None
+        return _core.Connection(fds[0], fds[1], self._dispatch)
+
+    def _dispatch(self, code: int, channelid: int, data) -> None:
+        """Handle a message from the C core's IO thread (code -1: the end,
+        data is the exception that ended the connection)."""
+        self._receiver_ident = self.execmodel.get_ident()
+        if code < 0:
+            ended_cleanly = isinstance(data, (GatewayReceivedTerminate, KeyboardInterrupt))
+            if not ended_cleanly and self._error is None:
+                self._error = data
+            try:
+                self._stop_receiving()
+            finally:
+                self._receiver_done.set()
+            return
+        with self._receivelock:
+            try:
+                Message._types[code][1](Message(code, channelid, data), self)
+            except EOFError as exc:
+                # the frame was complete: its payload is corrupt
+                raise DataFormatError(f"invalid message payload: {exc}") from exc
+
+    def _fail(self, exc: Exception) -> None:
+        """Received data was corrupt: end the connection (the C core decodes
+        items when they are received, not when they arrive)."""
+        if self._error is None:
+            self._error = exc
+        try:
+            self._close_write()
+        except OSError:
+            pass
+
+    def _receiving(self) -> bool:
+        """True while messages are being received."""
+        if self._conn is not None:
+            return not self._receiver_done.is_set()
+        return self._receivepool.active_count() > 0
+
+    def _close_write(self) -> None:
+        if self._conn is not None:
+            self._conn.close_write()
+        self._io.close_write()
 
     def _receive_messages(self) -> None:
         """Read and dispatch messages until GATEWAY_TERMINATE arrives."""
@@ -1432,7 +1562,7 @@ class BaseGateway:
             ("finishing receiving thread", self._channelfactory._finished_receiving),
             ("terminating execution", self._terminate_execution),
             ("closing read", self._io.close_read),
-            ("closing write", self._io.close_write),
+            ("closing write", self._close_write),
             ("terminating our receive pseudo pool", self._receivepool.trigger_shutdown),
         )
         for text, step in steps:
@@ -1447,6 +1577,11 @@ class BaseGateway:
 
     def _send(self, msgcode: int, channelid: int = 0, data: bytes = b"") -> None:
         """Write one message (atomically with respect to other senders)."""
+        if self._conn is not None:
+            if self._error is not None:
+                raise OSError("cannot send (already closed?)")
+            self._conn.send_raw(msgcode, channelid, data)
+            return
         frame = _frame(msgcode, channelid, data)
         try:
             if self._error is not None:
@@ -1474,7 +1609,10 @@ class BaseGateway:
         if self._receiver_ident == self.execmodel.get_ident():
             return  # called from the receiver itself
         self._trace("waiting for receiver thread to finish")
-        self._receivepool.waitall(timeout)
+        if self._conn is not None:
+            self._receiver_done.wait(timeout)
+        else:
+            self._receivepool.waitall(timeout)
 
 
 class WorkerGateway(BaseGateway):
@@ -1621,6 +1759,7 @@ PURE_PYTHON_SERIALIZER = {
     "loads_internal": loads_internal,
 }
 BACKEND = "python"
+_core = None  # the C extension module, when the C backend is active
 
 
 def _load_c_backend():
@@ -1637,6 +1776,7 @@ def _load_c_backend():
 _c = _load_c_backend()
 if _c is not None:
     BACKEND = "c"
+    _core = _c
     dumps = _c.dumps  # noqa: F811
     loads = _c.loads  # noqa: F811
     dumps_internal = _c.dumps_internal  # noqa: F811

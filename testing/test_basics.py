@@ -17,6 +17,7 @@ from runtime_util import run_python
 
 import execnet
 from execnet import gateway_base
+from execnet import gateway_io
 
 pytest_plugins = ["conftest_runtime"]
 
@@ -204,23 +205,34 @@ def test_popen2io_write_requires_bytes():
         pio.write("abc")
 
 
-def test_remote_exec_wire_bytes(thread_gw):
-    written = []
-    write = thread_gw._io.write
+ECHO_WORKER = """
+import struct, sys
+sys.stdin.buffer.readline()  # the bootstrap line
+out = sys.stdout.buffer
+out.write(b"1")
+out.flush()
+data = sys.stdin.buffer.read(39)
+# send those bytes back, as a bytes item on channel 1
+payload = b"A" + struct.pack("!i", len(data)) + data + b"Q"
+out.write(struct.pack("!bii", 4, 1, len(payload)) + payload)
+out.flush()
+sys.stdin.buffer.read()
+"""
 
-    def recording_write(data):
-        written.append(data)
-        write(data)
 
-    thread_gw._io.write = recording_write
-    channel = thread_gw.remote_exec("channel.send(42)")
-    assert channel.receive(TIMEOUT) == 42
+def test_remote_exec_wire_bytes(group, monkeypatch):
+    # a fake worker that echoes the first 39 bytes it gets after bootstrap
+    monkeypatch.setattr(
+        gateway_io, "popen_args", lambda spec: [sys.executable, "-c", ECHO_WORKER]
+    )
+    gw = group.makegateway("popen")
+    channel = gw.remote_exec("channel.send(42)")
     expected = (
         b"\x03\x00\x00\x00\x01\x00\x00\x00\x1e"
         b"N\x00\x00\x00\x10channel.send(42)LLJ@\x00\x00\x00\x04Q"
     )
     assert len(expected) == 39
-    assert written[0] == expected
+    assert channel.receive(TIMEOUT) == expected
 
 
 def test_channel_ids_odd_and_even(thread_gw):

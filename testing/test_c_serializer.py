@@ -52,7 +52,12 @@ def test_install_binds_a_namespace():
     class MyLoad(Exception):
         pass
 
-    ns = {"DUMPFORMAT_VERSION": b"\x07", "DumpError": MyDump, "LoadError": MyLoad}
+    ns = {
+        "DUMPFORMAT_VERSION": b"\x07",
+        "DumpError": MyDump,
+        "LoadError": MyLoad,
+        "TimeoutError": TimeoutError,
+    }
     _execnet._install(ns)
     assert _execnet.dumps(1) == b"\x07F\x00\x00\x00\x01Q"
     assert _execnet.loads(b"\x07LQ") is None

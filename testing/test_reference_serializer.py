@@ -57,9 +57,10 @@ def our_dumps(backend: str) -> list[str]:
     if backend == "python":
         env["EXECNET_PUREPYTHON"] = "1"
     code = REF_DUMPS + "\nassert execnet.gateway_base.BACKEND == %r" % backend
+    # (not from our checkout's root, where "-c" would import the sources)
     proc = subprocess.run(
         [sys.executable, "-c", code], input=corpus_text(), env=env,
-        capture_output=True, check=True, timeout=60,
+        capture_output=True, check=True, timeout=60, cwd=os.path.dirname(__file__),
     )
     return proc.stdout.decode().splitlines()
 

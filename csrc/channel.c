@@ -1,0 +1,379 @@
+/* channel.c: the native item queue of a channel (type ItemQueue).
+ * Filled by a connection's IO thread without the GIL; get() waits with the GIL released. */
+
+#include "execnet.h"
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+/* A blocked get() wakes at least this often to let Ctrl-C through. */
+#define SIGNAL_CHECK_NS 50000000LL
+
+struct xn_item {
+    struct xn_item *next;
+    Py_ssize_t size;
+    char data[];
+};
+
+/* Returns a new item of size bytes (contents unset), or NULL (no exception set). */
+xn_item *
+xn_item_new(Py_ssize_t size)
+{
+    xn_item *item = malloc(sizeof(xn_item) + (size_t)size);
+    if (item != NULL) {
+        item->next = NULL;
+        item->size = size;
+    }
+    return item;
+}
+
+char *
+xn_item_data(xn_item *item)
+{
+    return item->data;
+}
+
+static void
+free_items(xn_item *item)
+{
+    while (item != NULL) {
+        xn_item *next = item->next;
+        free(item);
+        item = next;
+    }
+}
+
+static int64_t
+monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Initialise the queue's lock and condition (monotonic clock).
+ * Returns 0, or -1 with an exception set. */
+static int
+queue_init_sync(xn_queue *q)
+{
+    pthread_condattr_t attr;
+    if (pthread_mutex_init(&q->lock, NULL) != 0) {
+        PyErr_SetString(PyExc_OSError, "cannot create a queue lock");
+        return -1;
+    }
+    if (pthread_condattr_init(&attr) != 0) {
+        pthread_mutex_destroy(&q->lock);
+        PyErr_SetString(PyExc_OSError, "cannot create a queue condition");
+        return -1;
+    }
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&q->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    if (rc != 0) {
+        pthread_mutex_destroy(&q->lock);
+        PyErr_SetString(PyExc_OSError, "cannot create a queue condition");
+        return -1;
+    }
+    q->sync_ready = 1;
+    return 0;
+}
+
+/* Append item (ownership passes to the queue) unless the queue has ended
+ * or passes items on; callable without the GIL. Returns 1 if queued, 0 if
+ * the caller keeps the item. */
+int
+xn_queue_push(xn_queue *q, xn_item *item)
+{
+    int queued = 0;
+    pthread_mutex_lock(&q->lock);
+    if (!q->ended && !q->passing) {
+        if (q->tail != NULL)
+            q->tail->next = item;
+        else
+            q->head = item;
+        q->tail = item;
+        q->count++;
+        queued = 1;
+        if (q->waiters > 0)
+            pthread_cond_signal(&q->cond);
+    }
+    pthread_mutex_unlock(&q->lock);
+    return queued;
+}
+
+/* Mark the end of the items; wakes every waiter. Callable without the GIL. */
+static void
+xn_queue_end(xn_queue *q)
+{
+    pthread_mutex_lock(&q->lock);
+    q->ended = 1;
+    pthread_cond_broadcast(&q->cond);
+    pthread_mutex_unlock(&q->lock);
+}
+
+static PyObject *
+queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"endmarker", NULL};
+    PyObject *endmarker = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:ItemQueue", kwlist, &endmarker))
+        return NULL;
+    xn_queue *q = (xn_queue *)type->tp_alloc(type, 0);
+    if (q == NULL)
+        return NULL;
+    if (queue_init_sync(q) < 0) {
+        Py_DECREF(q);
+        return NULL;
+    }
+    q->endmarker = Py_NewRef(endmarker);
+    return (PyObject *)q;
+}
+
+static int
+queue_traverse(xn_queue *q, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(q));
+    Py_VISIT(q->endmarker);
+    Py_VISIT(q->connection);
+    return 0;
+}
+
+static int
+queue_clear(xn_queue *q)
+{
+    Py_CLEAR(q->endmarker);
+    return 0;
+}
+
+static void
+queue_dealloc(xn_queue *q)
+{
+    PyTypeObject *tp = Py_TYPE(q);
+    PyObject_GC_UnTrack(q);
+    if (q->connection != NULL)
+        xn_connection_forget_queue((xn_connection *)q->connection, q);
+    Py_CLEAR(q->connection);
+    queue_clear(q);
+    free_items(q->head);
+    if (q->sync_ready) {
+        pthread_cond_destroy(&q->cond);
+        pthread_mutex_destroy(&q->lock);
+    }
+    tp->tp_free(q);
+    Py_DECREF(tp);
+}
+
+/* Wait until an item is there, the queue ended, or the deadline passed
+ * (deadline < 0: no deadline). Called with q->lock held and the GIL
+ * released; returns 0, or 1 when a signal check is due. */
+static int
+wait_slice(xn_queue *q, int64_t deadline)
+{
+    int64_t now = monotonic_ns();
+    int64_t until = now + SIGNAL_CHECK_NS;
+    if (deadline >= 0 && deadline < until)
+        until = deadline;
+    struct timespec ts = {.tv_sec = until / 1000000000LL, .tv_nsec = until % 1000000000LL};
+    q->waiters++;
+    while (q->head == NULL && !q->ended) {
+        if (pthread_cond_timedwait(&q->cond, &q->lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    q->waiters--;
+    return q->head == NULL && !q->ended;
+}
+
+/* Take the next item, waiting at most timeout seconds (None: forever).
+ * Returns 1 with *out set (owned by the caller), 0 at end of queue,
+ * or -1 with an exception set (timeout or signal). */
+static int
+queue_take(xn_queue *q, PyObject *timeout, xn_item **out)
+{
+    int64_t deadline = -1;
+    if (timeout != Py_None) {
+        double seconds = PyFloat_AsDouble(timeout);
+        if (seconds == -1.0 && PyErr_Occurred())
+            return -1;
+        if (seconds < 0)
+            seconds = 0;
+        deadline = monotonic_ns() + (int64_t)(seconds * 1e9);
+    }
+    for (;;) {
+        int pending;
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&q->lock);
+        if (q->head == NULL && !q->ended)
+            pending = wait_slice(q, deadline);
+        else
+            pending = 0;
+        if (q->head != NULL) {
+            *out = q->head;
+            q->head = q->head->next;
+            if (q->head == NULL)
+                q->tail = NULL;
+            q->count--;
+            (*out)->next = NULL;
+        }
+        else {
+            *out = NULL;
+        }
+        pthread_mutex_unlock(&q->lock);
+        Py_END_ALLOW_THREADS
+        if (*out != NULL)
+            return 1;
+        if (!pending)
+            return 0; /* ended */
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+        if (deadline >= 0 && monotonic_ns() >= deadline) {
+            xn_state *st = xn_state_of_type(Py_TYPE(q));
+            if (st == NULL)
+                return -1;
+            PyErr_Format(st->TimeoutError, "no item after %R seconds", timeout);
+            return -1;
+        }
+    }
+}
+
+/* ItemQueue.get(timeout, owner): the next item decoded (channel references
+ * and string config from owner, a channel or None), or the endmarker once
+ * the queue ended. New reference, or NULL with an exception set. */
+static PyObject *
+queue_get(xn_queue *q, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "get() takes exactly 2 arguments (timeout, owner)");
+        return NULL;
+    }
+    PyObject *timeout = args[0], *owner = args[1];
+    xn_item *item;
+    int got = queue_take(q, timeout, &item);
+    if (got < 0)
+        return NULL;
+    if (got == 0)
+        return Py_NewRef(q->endmarker);
+    xn_state *st = xn_state_of_type(Py_TYPE(q));
+    PyObject *value = NULL;
+    if (st != NULL && xn_require_installed(st) == 0)
+        value = xn_load_payload(st, item->data, item->size, owner == Py_None ? NULL : owner);
+    free(item);
+    return value;
+}
+
+/* ItemQueue.put(payload): queue serialized bytes from Python code; the
+ * endmarker ends the queue. Returns True if queued, False if the queue
+ * ended or passes items on. */
+static PyObject *
+queue_put(xn_queue *q, PyObject *payload)
+{
+    Py_buffer view;
+    if (payload == q->endmarker) {
+        Py_BEGIN_ALLOW_THREADS
+        xn_queue_end(q);
+        Py_END_ALLOW_THREADS
+        Py_RETURN_FALSE;
+    }
+    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    xn_item *item = xn_item_new(view.len);
+    if (item == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    memcpy(item->data, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    int queued;
+    Py_BEGIN_ALLOW_THREADS
+    queued = xn_queue_push(q, item);
+    Py_END_ALLOW_THREADS
+    if (!queued)
+        free(item);
+    return PyBool_FromLong(queued);
+}
+
+/* ItemQueue.end(): no more items will come; waiters get the endmarker. */
+static PyObject *
+queue_end_py(xn_queue *q, PyObject *Py_UNUSED(ignored))
+{
+    Py_BEGIN_ALLOW_THREADS
+    xn_queue_end(q);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* ItemQueue.pass_on(): from now on the IO thread hands this channel's
+ * data to Python instead of queueing it. Returns (payloads, ended): the
+ * items queued so far as a list of bytes, and whether the queue ended. */
+static PyObject *
+queue_pass_on(xn_queue *q, PyObject *Py_UNUSED(ignored))
+{
+    xn_item *items;
+    int ended;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&q->lock);
+    q->passing = 1;
+    items = q->head;
+    q->head = q->tail = NULL;
+    q->count = 0;
+    ended = q->ended;
+    pthread_mutex_unlock(&q->lock);
+    Py_END_ALLOW_THREADS
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        goto error;
+    for (xn_item *it = items; it != NULL; it = it->next) {
+        PyObject *b = PyBytes_FromStringAndSize(it->data, it->size);
+        if (b == NULL)
+            goto error;
+        int rc = PyList_Append(list, b);
+        Py_DECREF(b);
+        if (rc < 0)
+            goto error;
+    }
+    free_items(items);
+    PyObject *result = Py_BuildValue("(NO)", list, ended ? Py_True : Py_False);
+    return result;
+error:
+    free_items(items);
+    Py_XDECREF(list);
+    return NULL;
+}
+
+static PyObject *
+queue_qsize(xn_queue *q, PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t n;
+    pthread_mutex_lock(&q->lock);
+    n = q->count;
+    pthread_mutex_unlock(&q->lock);
+    return PyLong_FromSsize_t(n);
+}
+
+static PyMethodDef queue_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL,
+     "get(timeout, owner): next item, or the endmarker at the end"},
+    {"put", (PyCFunction)queue_put, METH_O, "put(payload): queue serialized bytes"},
+    {"end", (PyCFunction)queue_end_py, METH_NOARGS, "mark the end of the items"},
+    {"pass_on", (PyCFunction)queue_pass_on, METH_NOARGS,
+     "stop queueing; return (queued payloads, ended)"},
+    {"qsize", (PyCFunction)queue_qsize, METH_NOARGS, "number of queued items"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot queue_slots[] = {
+    {Py_tp_new, queue_new},
+    {Py_tp_dealloc, queue_dealloc},
+    {Py_tp_traverse, queue_traverse},
+    {Py_tp_clear, queue_clear},
+    {Py_tp_methods, queue_methods},
+    {Py_tp_doc, "ItemQueue(endmarker=None): serialized items of one channel"},
+    {0, NULL},
+};
+
+PyType_Spec xn_queue_spec = {
+    .name = "execnet._execnet.ItemQueue",
+    .basicsize = sizeof(xn_queue),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = queue_slots,
+};
