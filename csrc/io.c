@@ -521,10 +521,14 @@ reader_main(void *arg)
             int32_t size = xn_get_i32((const unsigned char *)h + 5);
             if (size < 0 || code < 0 || code > MSG_MAX) {
                 kind = 2;
-                snprintf(text, sizeof(text),
-                         size < 0 ? "invalid message: negative length %d"
-                                  : "invalid message: unknown message code %d",
-                         size < 0 ? (int)size : code);
+                if (size < 0)
+                    snprintf(text, sizeof(text),
+                             "invalid message: negative length %d (channel %d)", (int)size,
+                             (int)channelid);
+                else
+                    snprintf(text, sizeof(text),
+                             "invalid message: unknown message code %d (channel %d)", code,
+                             (int)channelid);
                 goto end;
             }
             Py_ssize_t have = r.end - r.start - HEADER_SIZE;

@@ -956,13 +956,11 @@ def _read_frame(io) -> tuple[int, int, bytes]:
     except EOFError as exc:
         raise EOFError("couldn't load message header, " + " ".join(map(str, exc.args)))
     msgcode, channelid, length = _header.unpack(header)
-    if msgcode not in Message._types:
-        raise DataFormatError(
-            f"invalid message: unknown message code {msgcode} (channel {channelid})"
-        )
     if length < 0:
-        raise DataFormatError(
-            f"invalid message: negative length {length} (channel {channelid})"
+        raise LoadError(f"invalid message: negative length {length} (channel {channelid})")
+    if msgcode not in Message._types:
+        raise LoadError(
+            f"invalid message: unknown message code {msgcode} (channel {channelid})"
         )
     return msgcode, channelid, io.read(length) if length else b""
 

@@ -1,0 +1,368 @@
+"""The C core: which core serves each end, its queue and its connection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from runtime_util import TIMEOUT
+
+import execnet
+from execnet import gateway_base
+from execnet.gateway_base import ENDMARKER
+from execnet.gateway_base import Message
+
+pytest_plugins = ["conftest_runtime"]
+
+from execnet import _execnet  # part of the package: it must import
+
+REMOTE_CORE = """
+import sys
+core = sys.modules[type(channel).__module__]
+channel.send((core.BACKEND, channel.gateway._conn is not None))
+"""
+
+
+def test_each_end_runs_the_expected_core(gw, request):
+    variant = request.node.callspec.params["gw"]
+    backend, native = gw.remote_exec(REMOTE_CORE).receive(TIMEOUT)
+    if variant == "exec":
+        # the shipped portable core runs as __main__, without our extension
+        assert (backend, native) == ("python", False)
+    elif variant == "portable-master":
+        assert (backend, native) == ("c", True)
+        assert gw._conn is None
+    else:
+        assert backend == gateway_base.BACKEND
+        assert native == (gateway_base.BACKEND == "c")
+    if variant != "portable-master":
+        assert (gw._conn is not None) == (gateway_base.BACKEND == "c")
+
+
+# --- ItemQueue ----------------------------------------------------------------
+
+
+@pytest.fixture
+def install():
+    _execnet._install(gateway_base.__dict__)
+
+
+def test_queue_order_and_end(install):
+    q = _execnet.ItemQueue(ENDMARKER)
+    for value in (1, "two", [3]):
+        assert q.put(gateway_base.PURE_PYTHON_SERIALIZER["dumps_internal"](value))
+    assert q.qsize() == 3
+    assert [q.get(None, None) for _ in range(3)] == [1, "two", [3]]
+    q.put(ENDMARKER)
+    # the end is seen by every later get, and nothing is queued after it
+    assert q.get(None, None) is ENDMARKER
+    assert q.get(0, None) is ENDMARKER
+    assert not q.put(b"LQ")
+
+
+def test_queue_timeout(install):
+    q = _execnet.ItemQueue(ENDMARKER)
+    start = time.monotonic()
+    with pytest.raises(execnet.TimeoutError, match=r"no item after 0.2 seconds"):
+        q.get(0.2, None)
+    assert 0.15 < time.monotonic() - start < 5
+
+
+def test_queue_wakes_waiting_thread(install):
+    q = _execnet.ItemQueue(ENDMARKER)
+    got = []
+    t = threading.Thread(target=lambda: got.append(q.get(TIMEOUT, None)))
+    t.start()
+    q.put(b"F\x00\x00\x00\x07Q")
+    t.join(TIMEOUT)
+    assert got == [7]
+
+
+def test_queue_end_wakes_all_waiters(install):
+    q = _execnet.ItemQueue(ENDMARKER)
+    got = []
+    threads = [
+        threading.Thread(target=lambda: got.append(q.get(TIMEOUT, None))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    q.put(ENDMARKER)
+    for t in threads:
+        t.join(TIMEOUT)
+    assert got == [ENDMARKER] * 3
+
+
+def test_queue_pass_on(install):
+    q = _execnet.ItemQueue(ENDMARKER)
+    q.put(b"LQ")
+    q.put(b"RQ")
+    assert q.pass_on() == ([b"LQ", b"RQ"], False)
+    assert not q.put(b"LQ")  # passes items on from now on
+    q2 = _execnet.ItemQueue(ENDMARKER)
+    q2.put(ENDMARKER)
+    assert q2.pass_on() == ([], True)
+
+
+def test_queue_corrupt_item_raises_load_error(install):
+    q = _execnet.ItemQueue(ENDMARKER)
+    q.put(b"Z")
+    with pytest.raises(execnet.LoadError, match="unknown opcode"):
+        q.get(None, None)
+
+
+def test_queue_get_interrupted_by_sigint():
+    code = """
+import execnet.gateway_base as base, execnet._execnet as core, sys
+q = core.ItemQueue(base.ENDMARKER)
+sys.stdout.write("waiting\\n"); sys.stdout.flush()
+try:
+    q.get(None, None)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "waiting\n"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=TIMEOUT)
+        assert out == "interrupted\n"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --- Connection ---------------------------------------------------------------
+
+
+class Peer:
+    """A Connection over two pipes; we play the other end."""
+
+    def __init__(self, dispatch=None):
+        self.frames = []
+        self.ended = threading.Event()
+        self.end_error = None
+        to_conn_r, self.to_conn = os.pipe()
+        self.from_conn, from_conn_w = os.pipe()
+        self.conn = _execnet.Connection(to_conn_r, from_conn_w, dispatch or self.dispatch)
+
+    def dispatch(self, code, channelid, data):
+        if code < 0:
+            self.end_error = data
+            self.ended.set()
+        else:
+            self.frames.append((code, channelid, data))
+
+    def send(self, data: bytes) -> None:
+        os.write(self.to_conn, data)
+
+    def read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = os.read(self.from_conn, n - len(data))
+            assert chunk
+            data += chunk
+        return data
+
+    def close(self):
+        for fd in (self.to_conn, self.from_conn):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def peer(install):
+    peer = Peer()
+    yield peer
+    peer.close()
+    if peer.conn.reading:
+        assert peer.ended.wait(TIMEOUT)
+
+
+def frame(code: int, channelid: int, payload: bytes) -> bytes:
+    return gateway_base._frame(code, channelid, payload)
+
+
+def test_connection_writes_frames(peer):
+    peer.conn.send(Message.CHANNEL_DATA, 5, {"a": 1})
+    payload = gateway_base.PURE_PYTHON_SERIALIZER["dumps_internal"]({"a": 1})
+    assert peer.read(9 + len(payload)) == frame(4, 5, payload)
+    peer.conn.send_raw(Message.CHANNEL_CLOSE, 5, b"")
+    assert peer.read(9) == frame(5, 5, b"")
+
+
+def test_connection_send_dump_error_writes_nothing(peer):
+    with pytest.raises(execnet.DumpError):
+        peer.conn.send(4, 1, [1, object()])
+    peer.conn.send_raw(5, 1, b"")
+    assert peer.read(9) == frame(5, 1, b"")
+
+
+def test_connection_routes_data_to_queue_and_rest_to_python(peer):
+    q = peer.conn.queue(3, ENDMARKER)
+    peer.conn.start()
+    peer.send(frame(4, 3, b"F\x00\x00\x00\x01Q") + frame(5, 3, b"") + frame(4, 9, b"LQ"))
+    assert q.get(TIMEOUT, None) == 1
+    # a frame for a channel without queue, and other messages: to Python
+    deadline = time.monotonic() + TIMEOUT
+    while len(peer.frames) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert peer.frames == [(5, 3, b""), (4, 9, b"LQ")]
+
+
+def test_connection_sends_implausible_data_to_python(peer):
+    q = peer.conn.queue(3, ENDMARKER)
+    peer.conn.start()
+    corrupt = [b"F\x00\x00", b"ZQ", b"LLQ", b"N\x00\x00\x00\x01\xffQ", b"K\x00\x00\x00\x09Q"]
+    peer.send(b"".join(frame(4, 3, data) for data in corrupt))
+    peer.send(frame(4, 3, b"LQ"))
+    assert q.get(TIMEOUT, None) is None
+    assert [data for _, _, data in peer.frames] == corrupt
+
+
+def test_connection_big_payload(peer):
+    q = peer.conn.queue(1, ENDMARKER)
+    peer.conn.start()
+    big = os.urandom(3 * 1024 * 1024 + 17)
+    payload = gateway_base.PURE_PYTHON_SERIALIZER["dumps_internal"](big)
+    data = frame(4, 1, payload)
+    writer = threading.Thread(target=peer.send, args=(data,))
+    writer.start()
+    assert q.get(TIMEOUT, None) == big
+    writer.join(TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "data, error, text",
+    [
+        (b"", EOFError, "couldn't load message header, expected 9 bytes, got 0"),
+        (b"\x04\x00\x00", EOFError, "couldn't load message header, expected 9 bytes, got 3"),
+        (frame(4, 1, b"LQ")[:10], EOFError, "expected 2 bytes, got 1"),
+        (b"\x04\x00\x00\x00\x01\x00\x10\x00\x00" + b"x" * 70000, EOFError, "expected 1048576 bytes, got 70000"),
+        (b"\x04\x00\x00\x00\x01\xff\xff\xff\xfb", execnet.LoadError, "negative length -5 (channel 1)"),
+        (b"\x11\x00\x00\x00\x02\x00\x00\x00\x00", execnet.LoadError, "unknown message code 17 (channel 2)"),
+    ],
+)
+def test_connection_end(peer, data, error, text):
+    peer.conn.start()
+    peer.send(data)
+    os.close(peer.to_conn)
+    assert peer.ended.wait(TIMEOUT)
+    assert type(peer.end_error) is error
+    expected = text if error is EOFError else f"invalid message: {text}"
+    assert str(peer.end_error) == expected
+
+
+def test_connection_dispatch_error_ends_connection(install):
+    def failing(code, channelid, data):
+        if code >= 0:
+            raise ValueError("boom")
+        peer.end_error = data
+        peer.ended.set()
+
+    peer = Peer(failing)
+    try:
+        peer.conn.start()
+        peer.send(frame(5, 1, b""))
+        assert peer.ended.wait(TIMEOUT)
+        assert isinstance(peer.end_error, ValueError)
+    finally:
+        peer.close()
+
+
+def test_connection_concurrent_senders_never_interleave(peer):
+    payload = b"A\x00\x01\x00\x00" + b"x" * 65536 + b"Q"
+    count, nthreads = 40, 4
+    received = []
+    reader = threading.Thread(
+        target=lambda: received.append(peer.read(count * nthreads * (9 + len(payload))))
+    )
+    reader.start()
+
+    def send():
+        for _ in range(count):
+            peer.conn.send_raw(4, 1, payload)
+
+    threads = [threading.Thread(target=send) for _ in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    reader.join(TIMEOUT)
+    assert received[0] == frame(4, 1, payload) * (count * nthreads)
+
+
+def test_connection_write_to_closed_peer(peer):
+    os.close(peer.from_conn)
+    with pytest.raises(OSError, match=r"cannot send \(already closed\?\)"):
+        peer.conn.send_raw(4, 1, b"LQ")
+    peer.conn.close_write()
+    with pytest.raises(OSError, match=r"cannot send \(already closed\?\)"):
+        peer.conn.send(4, 1, None)
+
+
+# --- channels over the C core -------------------------------------------------
+
+
+def test_many_items_both_directions(gw):
+    channel = gw.remote_exec(
+        """
+        n = channel.receive()
+        for i in range(n):
+            channel.send(i)
+        total = 0
+        for i in range(n):
+            total += channel.receive()
+        channel.send(total)
+        """
+    )
+    n = 20000
+    channel.send(n)
+    assert [channel.receive(TIMEOUT) for _ in range(n)] == list(range(n))
+    for i in range(n):
+        channel.send(i)
+    assert channel.receive(TIMEOUT) == n * (n - 1) // 2
+    channel.waitclose(TIMEOUT)
+
+
+def test_items_queued_before_setcallback_come_first(gw):
+    channel = gw.remote_exec(
+        """
+        for i in range(1000):
+            channel.send(i)
+        channel.receive()
+        for i in range(1000, 2000):
+            channel.send(i)
+        """
+    )
+    assert channel.receive(TIMEOUT) == 0
+    got = []
+    channel.setcallback(got.append, endmarker=None)
+    channel.send("more")
+    channel.waitclose(TIMEOUT)
+    assert got == list(range(1, 2000)) + [None]
+
+
+def test_channel_reference_before_data(gw):
+    # the worker's data for a new channel overtakes our decoding of the
+    # item that refers to it: nothing is lost
+    channel = gw.remote_exec(
+        """
+        sub = channel.gateway.newchannel()
+        channel.send(sub)
+        for i in range(100):
+            sub.send(i)
+        sub.close("done")
+        """
+    )
+    channel.waitclose(TIMEOUT)
+    sub = channel.receive(TIMEOUT)
+    assert [sub.receive(TIMEOUT) for _ in range(100)] == list(range(100))
+    with pytest.raises(execnet.RemoteError, match="done"):
+        sub.receive(TIMEOUT)
