@@ -4,6 +4,7 @@
 #include "execnet.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #define MSG_DATA 4
 #define MSG_MAX 7
 #define CODE_END (-1)
+#define PIPE_SIZE (1024 * 1024)
 
 /* ------------------------------------------------------------------ */
 /* the channel table: id -> queue, open addressing                      */
@@ -744,6 +746,12 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     c->locks_ready = 1;
     c->rfd = rfd;
     c->wfd = wfd;
+#ifdef F_SETPIPE_SZ
+    /* Bigger pipes (where they are pipes) mean fewer wakeups for bulk data;
+     * refusals (sockets, limits) leave things as they are. */
+    (void)fcntl(rfd, F_SETPIPE_SZ, PIPE_SIZE);
+    (void)fcntl(wfd, F_SETPIPE_SZ, PIPE_SIZE);
+#endif
     c->dispatch = Py_NewRef(dispatch);
     return (PyObject *)c;
 }

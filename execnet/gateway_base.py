@@ -1613,6 +1613,20 @@ class BaseGateway:
             self._receivepool.waitall(timeout)
 
 
+_compiled: dict = {}  # (source, filename) -> code, for repeated remote_execs
+
+
+def _compile_task(source: str, filename) -> object:
+    key = (source, filename)
+    code = _compiled.get(key)
+    if code is None:
+        code = compile(source + "\n", filename or "<remote exec>", "exec")
+        if len(_compiled) >= 256:
+            _compiled.clear()
+        _compiled[key] = code
+    return code
+
+
 class WorkerGateway(BaseGateway):
     """The serving end of a connection: it runs remote_exec tasks."""
 
@@ -1665,7 +1679,7 @@ class WorkerGateway(BaseGateway):
                 namespace = {"channel": channel, "__name__": "__channelexec__"}
                 channel._executing = True
                 try:
-                    code = compile(source + "\n", filename or "<remote exec>", "exec")
+                    code = _compile_task(source, filename)
                     exec(code, namespace)
                     if call_name:
                         self._trace(f"calling {call_name}(**{kwargs!r:.60})")
