@@ -44,37 +44,39 @@ free_items(xn_item *item)
     }
 }
 
-static int64_t
-monotonic_ns(void)
+int64_t
+xn_monotonic_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Initialise the queue's lock and condition (monotonic clock).
+/* Initialise the queue's own lock and condition (monotonic clock).
  * Returns 0, or -1 with an exception set. */
 static int
 queue_init_sync(xn_queue *q)
 {
     pthread_condattr_t attr;
-    if (pthread_mutex_init(&q->lock, NULL) != 0) {
+    if (pthread_mutex_init(&q->own_lock, NULL) != 0) {
         PyErr_SetString(PyExc_OSError, "cannot create a queue lock");
         return -1;
     }
     if (pthread_condattr_init(&attr) != 0) {
-        pthread_mutex_destroy(&q->lock);
+        pthread_mutex_destroy(&q->own_lock);
         PyErr_SetString(PyExc_OSError, "cannot create a queue condition");
         return -1;
     }
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&q->cond, &attr);
+    int rc = pthread_cond_init(&q->own_cond, &attr);
     pthread_condattr_destroy(&attr);
     if (rc != 0) {
-        pthread_mutex_destroy(&q->lock);
+        pthread_mutex_destroy(&q->own_lock);
         PyErr_SetString(PyExc_OSError, "cannot create a queue condition");
         return -1;
     }
+    q->lock = &q->own_lock;
+    q->cond = &q->own_cond;
     q->sync_ready = 1;
     return 0;
 }
@@ -86,7 +88,7 @@ int
 xn_queue_push(xn_queue *q, xn_item *item)
 {
     int queued = 0;
-    pthread_mutex_lock(&q->lock);
+    pthread_mutex_lock(q->lock);
     if (!q->ended && !q->passing) {
         if (q->tail != NULL)
             q->tail->next = item;
@@ -96,9 +98,9 @@ xn_queue_push(xn_queue *q, xn_item *item)
         q->count++;
         queued = 1;
         if (q->waiters > 0)
-            pthread_cond_signal(&q->cond);
+            pthread_cond_broadcast(q->cond);
     }
-    pthread_mutex_unlock(&q->lock);
+    pthread_mutex_unlock(q->lock);
     return queued;
 }
 
@@ -106,10 +108,10 @@ xn_queue_push(xn_queue *q, xn_item *item)
 static void
 xn_queue_end(xn_queue *q)
 {
-    pthread_mutex_lock(&q->lock);
+    pthread_mutex_lock(q->lock);
     q->ended = 1;
-    pthread_cond_broadcast(&q->cond);
-    pthread_mutex_unlock(&q->lock);
+    pthread_cond_broadcast(q->cond);
+    pthread_mutex_unlock(q->lock);
 }
 
 static PyObject *
@@ -157,31 +159,71 @@ queue_dealloc(xn_queue *q)
     queue_clear(q);
     free_items(q->head);
     if (q->sync_ready) {
-        pthread_cond_destroy(&q->cond);
-        pthread_mutex_destroy(&q->lock);
+        pthread_cond_destroy(&q->own_cond);
+        pthread_mutex_destroy(&q->own_lock);
     }
     tp->tp_free(q);
     Py_DECREF(tp);
 }
 
-/* Wait until an item is there, the queue ended, or the deadline passed
- * (deadline < 0: no deadline). Called with q->lock held and the GIL
- * released; returns 0, or 1 when a signal check is due. */
+enum { TAKE_ITEM, TAKE_END, TAKE_SLICE };
+
+/* Pop the head item into *out if there is one (q->lock held). */
 static int
-wait_slice(xn_queue *q, int64_t deadline)
+pop_item(xn_queue *q, xn_item **out)
 {
-    int64_t now = monotonic_ns();
-    int64_t until = now + SIGNAL_CHECK_NS;
-    if (deadline >= 0 && deadline < until)
-        until = deadline;
-    struct timespec ts = {.tv_sec = until / 1000000000LL, .tv_nsec = until % 1000000000LL};
+    if (q->head == NULL)
+        return 0;
+    *out = q->head;
+    q->head = q->head->next;
+    if (q->head == NULL)
+        q->tail = NULL;
+    q->count--;
+    (*out)->next = NULL;
+    return 1;
+}
+
+/* Wait (no GIL) until an item is there, the queue ended, or slice_end
+ * passed. A queue of a connection reads the connection itself while no
+ * other thread does. Returns TAKE_ITEM (*out set), TAKE_END or TAKE_SLICE. */
+static int
+wait_slice(xn_queue *q, int64_t slice_end, xn_item **out)
+{
+    xn_connection *c = (xn_connection *)q->connection;
+    int result = TAKE_SLICE;
+    pthread_mutex_lock(q->lock);
     q->waiters++;
-    while (q->head == NULL && !q->ended) {
-        if (pthread_cond_timedwait(&q->cond, &q->lock, &ts) == ETIMEDOUT)
+    if (c != NULL)
+        c->getters++;
+    for (;;) {
+        if (pop_item(q, out)) {
+            result = TAKE_ITEM;
             break;
+        }
+        if (q->ended) {
+            result = TAKE_END;
+            break;
+        }
+        if (xn_monotonic_ns() >= slice_end)
+            break;
+        if (c != NULL && !c->handoff && !c->read_ended &&
+            pthread_mutex_trylock(&c->read_lock) == 0) {
+            pthread_mutex_unlock(q->lock);
+            xn_connection_read_for_getter(c, slice_end);
+            pthread_mutex_unlock(&c->read_lock);
+            pthread_mutex_lock(q->lock);
+            pthread_cond_broadcast(q->cond); /* the read role is free */
+            continue;
+        }
+        struct timespec ts = {.tv_sec = slice_end / 1000000000LL,
+                              .tv_nsec = slice_end % 1000000000LL};
+        pthread_cond_timedwait(q->cond, q->lock, &ts);
     }
     q->waiters--;
-    return q->head == NULL && !q->ended;
+    if (c != NULL)
+        c->getters--;
+    pthread_mutex_unlock(q->lock);
+    return result;
 }
 
 /* Take the next item, waiting at most timeout seconds (None: forever).
@@ -197,36 +239,32 @@ queue_take(xn_queue *q, PyObject *timeout, xn_item **out)
             return -1;
         if (seconds < 0)
             seconds = 0;
-        deadline = monotonic_ns() + (int64_t)(seconds * 1e9);
+        deadline = xn_monotonic_ns() + (int64_t)(seconds * 1e9);
     }
+    /* without waiting first, if there is something */
+    pthread_mutex_lock(q->lock);
+    int got = pop_item(q, out);
+    int ended = q->ended;
+    pthread_mutex_unlock(q->lock);
+    if (got)
+        return 1;
+    if (ended)
+        return 0;
     for (;;) {
-        int pending;
+        int64_t slice_end = xn_monotonic_ns() + SIGNAL_CHECK_NS;
+        if (deadline >= 0 && deadline < slice_end)
+            slice_end = deadline;
+        int result;
         Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&q->lock);
-        if (q->head == NULL && !q->ended)
-            pending = wait_slice(q, deadline);
-        else
-            pending = 0;
-        if (q->head != NULL) {
-            *out = q->head;
-            q->head = q->head->next;
-            if (q->head == NULL)
-                q->tail = NULL;
-            q->count--;
-            (*out)->next = NULL;
-        }
-        else {
-            *out = NULL;
-        }
-        pthread_mutex_unlock(&q->lock);
+        result = wait_slice(q, slice_end, out);
         Py_END_ALLOW_THREADS
-        if (*out != NULL)
+        if (result == TAKE_ITEM)
             return 1;
-        if (!pending)
-            return 0; /* ended */
+        if (result == TAKE_END)
+            return 0;
         if (PyErr_CheckSignals() < 0)
             return -1;
-        if (deadline >= 0 && monotonic_ns() >= deadline) {
+        if (deadline >= 0 && xn_monotonic_ns() >= deadline) {
             xn_state *st = xn_state_of_type(Py_TYPE(q));
             if (st == NULL)
                 return -1;
@@ -311,13 +349,13 @@ queue_pass_on(xn_queue *q, PyObject *Py_UNUSED(ignored))
     xn_item *items;
     int ended;
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&q->lock);
+    pthread_mutex_lock(q->lock);
     q->passing = 1;
     items = q->head;
     q->head = q->tail = NULL;
     q->count = 0;
     ended = q->ended;
-    pthread_mutex_unlock(&q->lock);
+    pthread_mutex_unlock(q->lock);
     Py_END_ALLOW_THREADS
     PyObject *list = PyList_New(0);
     if (list == NULL)
@@ -344,9 +382,11 @@ static PyObject *
 queue_qsize(xn_queue *q, PyObject *Py_UNUSED(ignored))
 {
     Py_ssize_t n;
-    pthread_mutex_lock(&q->lock);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(q->lock);
     n = q->count;
-    pthread_mutex_unlock(&q->lock);
+    pthread_mutex_unlock(q->lock);
+    Py_END_ALLOW_THREADS
     return PyLong_FromSsize_t(n);
 }
 

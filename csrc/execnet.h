@@ -212,8 +212,12 @@ char *xn_item_data(xn_item *item);
 
 typedef struct {
     PyObject_HEAD
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
+    /* lock and cond point to own_lock/own_cond, or for a queue filled by
+     * a connection to the connection's state_lock and get_cond */
+    pthread_mutex_t *lock;
+    pthread_cond_t *cond;
+    pthread_mutex_t own_lock;
+    pthread_cond_t own_cond;
     int sync_ready;
     xn_item *head, *tail;
     Py_ssize_t count;
@@ -243,21 +247,46 @@ typedef struct {
     int rfd, wfd;
     PyObject *dispatch; /* dispatch(code, channelid, payload) */
     int locks_ready;
-    /* channel id -> queue, for the IO thread */
+    /* channel id -> queue, for whoever reads */
     pthread_mutex_t table_lock;
     struct xn_slot *slots;
     size_t capacity, used, filled;
+    /* reading: whoever holds read_lock reads rfd into rbuf and parses it */
+    pthread_mutex_t read_lock;
+    char *rbuf;
+    Py_ssize_t rstart, rend, rcap, need;
+    xn_item *pending; /* a big frame a getter read but left to the IO thread */
+    int pending_code;
+    int32_t pending_id;
+    Py_ssize_t pending_size;
+    /* shared by the IO thread and getters, under state_lock (also the lock
+     * of this connection's queues) */
+    pthread_mutex_t state_lock;
+    pthread_cond_t get_cond; /* getters: an item came, or the read role is free */
+    pthread_cond_t io_cond;  /* the IO thread, parked while getters read */
+    int getters;             /* threads waiting in get() on our queues */
+    int handoff;             /* the IO thread's turn: frames need Python */
+    int read_ended;          /* reading is over (end_* say why) */
+    int end_kind, end_err;
+    char end_text[160];
     /* the IO thread */
     int reader_started;
     int reader_running;
-    /* writing: one writer at a time, the others append to pending */
+    /* writing: one writer at a time, the others append to unwritten */
     pthread_mutex_t write_lock;
     int writing, write_failed, write_closed;
-    xn_buffer pending;
+    xn_buffer unwritten;
 } xn_connection;
 
 /* Drops q from c's table (called by a dying queue; GIL held). */
 void xn_connection_forget_queue(xn_connection *c, xn_queue *q);
+
+/* A getter's turn at reading c (read_lock held, no GIL): parse what is
+ * buffered, else wait until deadline_ns for more and parse it. */
+void xn_connection_read_for_getter(xn_connection *c, int64_t deadline_ns);
+
+/* Returns CLOCK_MONOTONIC in nanoseconds. */
+int64_t xn_monotonic_ns(void);
 
 extern PyType_Spec xn_connection_spec;
 

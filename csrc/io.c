@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -15,6 +16,9 @@
 #define MSG_DATA 4
 #define MSG_MAX 7
 #define CODE_END (-1)
+/* The IO thread checks this often whether getters still read. */
+#define PARK_NS 1000000LL
+enum { END_EOF, END_OS, END_PROTOCOL };
 #define PIPE_SIZE (1024 * 1024)
 
 /* ------------------------------------------------------------------ */
@@ -207,7 +211,7 @@ write_frame(xn_connection *c, const char *frame, size_t size)
         goto failed;
     }
     if (c->writing) {
-        int ok = buffer_append(&c->pending, frame, (Py_ssize_t)size) == 0;
+        int ok = buffer_append(&c->unwritten, frame, (Py_ssize_t)size) == 0;
         pthread_mutex_unlock(&c->write_lock);
         if (!ok) {
             PyErr_NoMemory();
@@ -223,9 +227,9 @@ write_frame(xn_connection *c, const char *frame, size_t size)
     err = write_all(c->wfd, frame, size);
     pthread_mutex_lock(&c->write_lock);
     /* flush what other threads appended meanwhile */
-    while (err == 0 && c->pending.size > 0) {
-        xn_buffer batch = c->pending;
-        c->pending = spare;
+    while (err == 0 && c->unwritten.size > 0) {
+        xn_buffer batch = c->unwritten;
+        c->unwritten = spare;
         pthread_mutex_unlock(&c->write_lock);
         err = write_all(c->wfd, batch.data, (size_t)batch.size);
         batch.size = 0;
@@ -234,7 +238,7 @@ write_frame(xn_connection *c, const char *frame, size_t size)
     }
     if (err != 0) {
         c->write_failed = 1;
-        c->pending.size = 0;
+        c->unwritten.size = 0;
     }
     c->writing = 0;
     if (c->write_closed && c->wfd >= 0) {
@@ -349,9 +353,55 @@ conn_close_write(xn_connection *c, PyObject *Py_UNUSED(ignored))
 
 /* ------------------------------------------------------------------ */
 /* reading                                                             */
+/*                                                                      */
+/* Whoever holds read_lock reads rfd and parses rbuf: the IO thread, or  */
+/* a thread waiting in get() on one of this connection's queues (so that */
+/* a reply reaches its receiver without a second thread's wakeup). A     */
+/* getter queues channel data only; at the first frame that needs Python */
+/* it stops and hands over to the IO thread, which keeps message order.  */
 
-/* Read exactly size bytes into dst (no GIL). Returns the count read:
- * less than size at end of file; -1 with *err set on error. */
+enum { PARSE_MORE, PARSE_HANDOFF, PARSE_END, PARSE_PYERR };
+
+/* The IO thread's hold on the GIL. */
+typedef struct {
+    PyThreadState *tstate;
+    int held;
+} gil_hold;
+
+static void
+take_gil(gil_hold *g)
+{
+    if (!g->held) {
+        PyEval_RestoreThread(g->tstate);
+        g->held = 1;
+    }
+}
+
+static void
+drop_gil(gil_hold *g)
+{
+    if (g->held) {
+        g->tstate = PyEval_SaveThread();
+        g->held = 0;
+    }
+}
+
+/* Record why reading ended (any thread; the IO thread reports it). */
+static void
+set_end(xn_connection *c, int kind, int err, const char *text)
+{
+    pthread_mutex_lock(&c->state_lock);
+    if (!c->read_ended) {
+        c->read_ended = 1;
+        c->end_kind = kind;
+        c->end_err = err;
+        snprintf(c->end_text, sizeof(c->end_text), "%s", text);
+    }
+    pthread_mutex_unlock(&c->state_lock);
+}
+
+/* Read exactly size bytes into dst. Returns the count read: less than
+ * size at end of file; -1 with *err set on error. */
 static Py_ssize_t
 read_fully(int fd, char *dst, Py_ssize_t size, int *err)
 {
@@ -371,35 +421,41 @@ read_fully(int fd, char *dst, Py_ssize_t size, int *err)
     return got;
 }
 
-/* Per-thread reading state. */
-typedef struct {
-    xn_connection *conn;
-    char *buf;
-    Py_ssize_t start, end, capacity;
-    PyGILState_STATE gil;
-    int has_gil;
-} reader_state;
-
-static void
-take_gil(reader_state *r)
+/* Queue channel data natively if its channel takes it: data that looks
+ * well-formed, for a channel with a queue that is not passing items on.
+ * item, if given, holds the payload; ownership passes on success.
+ * Returns 1 if queued. No GIL needed. */
+static int
+try_native(xn_connection *c, int code, int32_t channelid, const char *payload,
+           Py_ssize_t size, xn_item *item)
 {
-    if (!r->has_gil) {
-        r->gil = PyGILState_Ensure();
-        r->has_gil = 1;
+    if (code != MSG_DATA)
+        return 0;
+    const char *data = item ? xn_item_data(item) : payload;
+    if (!xn_payload_plausible((const unsigned char *)data, (size_t)size))
+        return 0;
+    int queued = 0;
+    pthread_mutex_lock(&c->table_lock);
+    xn_queue *q = table_lookup(c, channelid);
+    if (q != NULL) {
+        xn_item *copy = item;
+        if (copy == NULL) {
+            copy = xn_item_new(size);
+            if (copy != NULL)
+                memcpy(xn_item_data(copy), payload, (size_t)size);
+        }
+        if (copy != NULL) {
+            queued = xn_queue_push(q, copy);
+            if (!queued && copy != item)
+                free(copy);
+        }
     }
-}
-
-static void
-drop_gil(reader_state *r)
-{
-    if (r->has_gil) {
-        PyGILState_Release(r->gil);
-        r->has_gil = 0;
-    }
+    pthread_mutex_unlock(&c->table_lock);
+    return queued;
 }
 
 /* Call the Python dispatcher (GIL held). Returns 0, or -1 if it raised:
- * the exception is kept set for the caller to report. */
+ * the exception stays set. */
 static int
 call_dispatch(xn_connection *c, int code, int32_t channelid, PyObject *payload)
 {
@@ -418,39 +474,14 @@ call_dispatch(xn_connection *c, int code, int32_t channelid, PyObject *payload)
     return 0;
 }
 
-/* Route one complete frame: channel data to its native queue if it takes
- * it, everything else to Python. item, if given, already holds the
- * payload (ownership passes here). Returns 0, or -1 (stop reading; the
- * Python exception is set, GIL held). */
+/* Hand one frame to Python (IO thread). Returns 0, or -1 with the
+ * dispatcher's exception set (GIL held). */
 static int
-route_frame(reader_state *r, int code, int32_t channelid, const char *payload,
-            Py_ssize_t size, xn_item *item)
+dispatch_frame(xn_connection *c, gil_hold *g, int code, int32_t channelid, const char *data,
+               Py_ssize_t size)
 {
-    xn_connection *c = r->conn;
-    /* Data is queued undecoded: only what looks well-formed, so that a
-     * corrupt payload still ends the connection when it arrives. */
-    if (code == MSG_DATA &&
-        xn_payload_plausible((const unsigned char *)(item ? xn_item_data(item) : payload),
-                             (size_t)size)) {
-        int queued = 0;
-        pthread_mutex_lock(&c->table_lock);
-        xn_queue *q = table_lookup(c, channelid);
-        if (q != NULL) {
-            if (item == NULL) {
-                item = xn_item_new(size);
-                if (item != NULL)
-                    memcpy(xn_item_data(item), payload, (size_t)size);
-            }
-            if (item != NULL)
-                queued = xn_queue_push(q, item);
-        }
-        pthread_mutex_unlock(&c->table_lock);
-        if (queued)
-            return 0;
-    }
-    take_gil(r);
-    PyObject *bytes = PyBytes_FromStringAndSize(item ? xn_item_data(item) : payload, size);
-    free(item);
+    take_gil(g);
+    PyObject *bytes = PyBytes_FromStringAndSize(data, size);
     if (bytes == NULL)
         return -1;
     int rc = call_dispatch(c, code, channelid, bytes);
@@ -458,177 +489,281 @@ route_frame(reader_state *r, int code, int32_t channelid, const char *payload,
     return rc;
 }
 
-/* Make room for at least want more bytes after r->end. Returns 0 or -1. */
+/* Process the complete frames buffered in c (read_lock held). g is the IO
+ * thread's GIL hold, or NULL for a getter, which stops at frames needing
+ * Python. Returns PARSE_MORE (c->need: bytes wanted in the buffer),
+ * PARSE_HANDOFF (getter: the IO thread's turn), PARSE_END (set_end done)
+ * or PARSE_PYERR (IO thread: the dispatcher raised, GIL held). */
 static int
-reader_room(reader_state *r, Py_ssize_t want)
+parse_frames(xn_connection *c, gil_hold *g)
 {
-    if (r->start > 0) {
-        memmove(r->buf, r->buf + r->start, (size_t)(r->end - r->start));
-        r->end -= r->start;
-        r->start = 0;
+    if (c->pending != NULL) {
+        /* a big frame that a getter read and could not queue */
+        if (g == NULL)
+            return PARSE_HANDOFF;
+        xn_item *item = c->pending;
+        c->pending = NULL;
+        int rc = dispatch_frame(c, g, c->pending_code, c->pending_id, xn_item_data(item),
+                                c->pending_size);
+        free(item);
+        if (rc < 0)
+            return PARSE_PYERR;
     }
-    if (r->capacity - r->end >= want)
+    for (;;) {
+        Py_ssize_t avail = c->rend - c->rstart;
+        if (avail < HEADER_SIZE) {
+            c->need = HEADER_SIZE;
+            return PARSE_MORE;
+        }
+        const unsigned char *h = (const unsigned char *)c->rbuf + c->rstart;
+        int code = (signed char)h[0];
+        int32_t channelid = xn_get_i32(h + 1);
+        int32_t size = xn_get_i32(h + 5);
+        if (size < 0 || code < 0 || code > MSG_MAX) {
+            char text[160];
+            if (size < 0)
+                snprintf(text, sizeof(text), "invalid message: negative length %d (channel %d)",
+                         (int)size, (int)channelid);
+            else
+                snprintf(text, sizeof(text),
+                         "invalid message: unknown message code %d (channel %d)", code,
+                         (int)channelid);
+            set_end(c, END_PROTOCOL, 0, text);
+            return PARSE_END;
+        }
+        const char *payload = (const char *)h + HEADER_SIZE;
+        Py_ssize_t have = avail - HEADER_SIZE;
+        if (have >= size) {
+            if (try_native(c, code, channelid, payload, size, NULL)) {
+                c->rstart += HEADER_SIZE + size;
+                continue;
+            }
+            if (g == NULL)
+                return PARSE_HANDOFF; /* left in the buffer */
+            c->rstart += HEADER_SIZE + size;
+            if (dispatch_frame(c, g, code, channelid, payload, size) < 0)
+                return PARSE_PYERR;
+            continue;
+        }
+        if (size < DIRECT_PAYLOAD) {
+            c->need = HEADER_SIZE + size;
+            return PARSE_MORE;
+        }
+        /* a big payload: read the rest straight into its item */
+        xn_item *item = xn_item_new(size);
+        if (item == NULL) {
+            set_end(c, END_OS, ENOMEM, "");
+            return PARSE_END;
+        }
+        memcpy(xn_item_data(item), payload, (size_t)have);
+        c->rstart = c->rend = 0;
+        if (g != NULL)
+            drop_gil(g);
+        int err = 0;
+        Py_ssize_t got = read_fully(c->rfd, xn_item_data(item) + have, size - have, &err);
+        if (got < size - have) {
+            free(item);
+            char text[160];
+            snprintf(text, sizeof(text), "expected %d bytes, got %zd", (int)size,
+                     have + (got > 0 ? got : 0));
+            set_end(c, got < 0 ? END_OS : END_EOF, err, text);
+            return PARSE_END;
+        }
+        if (try_native(c, code, channelid, NULL, size, item))
+            continue;
+        if (g == NULL) {
+            c->pending = item;
+            c->pending_code = code;
+            c->pending_id = channelid;
+            c->pending_size = size;
+            return PARSE_HANDOFF;
+        }
+        int rc = dispatch_frame(c, g, code, channelid, xn_item_data(item), size);
+        free(item);
+        if (rc < 0)
+            return PARSE_PYERR;
+    }
+}
+
+/* Make room in the buffer for what parse_frames wants, plus some.
+ * Returns 0, or -1 (no memory). */
+static int
+make_room(xn_connection *c)
+{
+    if (c->rstart > 0) {
+        memmove(c->rbuf, c->rbuf + c->rstart, (size_t)(c->rend - c->rstart));
+        c->rend -= c->rstart;
+        c->rstart = 0;
+    }
+    Py_ssize_t want = c->need - c->rend;
+    if (want < READ_CHUNK / 2)
+        want = READ_CHUNK / 2;
+    if (c->rcap - c->rend >= want)
         return 0;
-    Py_ssize_t cap = r->capacity;
-    while (cap - r->end < want)
+    Py_ssize_t cap = c->rcap ? c->rcap : READ_CHUNK;
+    while (cap - c->rend < want)
         cap *= 2;
-    char *buf = realloc(r->buf, (size_t)cap);
+    char *buf = realloc(c->rbuf, (size_t)cap);
     if (buf == NULL)
         return -1;
-    r->buf = buf;
-    r->capacity = cap;
+    c->rbuf = buf;
+    c->rcap = cap;
     return 0;
 }
 
-/* Build the exception that ends the connection (GIL held): kind 0 = end of
- * file, 1 = OS error, 2 = protocol error. New reference or NULL. */
+/* Read once into the buffer (read_lock held, no GIL). Returns 1 if bytes
+ * came, 0 at the end (set_end done). */
+static int
+read_some(xn_connection *c)
+{
+    if (make_room(c) < 0) {
+        set_end(c, END_OS, ENOMEM, "");
+        return 0;
+    }
+    ssize_t n;
+    do {
+        n = read(c->rfd, c->rbuf + c->rend, (size_t)(c->rcap - c->rend));
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        c->rend += n;
+        return 1;
+    }
+    char text[160];
+    Py_ssize_t partial = c->rend - c->rstart;
+    if (partial < HEADER_SIZE)
+        snprintf(text, sizeof(text), "couldn't load message header, expected 9 bytes, got %zd",
+                 partial);
+    else
+        snprintf(text, sizeof(text), "expected %zd bytes, got %zd", c->need - HEADER_SIZE,
+                 partial - HEADER_SIZE);
+    set_end(c, n < 0 ? END_OS : END_EOF, n < 0 ? errno : 0, text);
+    return 0;
+}
+
+/* A getter's turn at reading (read_lock held, no GIL): parse what is
+ * buffered, else wait until deadline_ns for bytes and parse them. */
+void
+xn_connection_read_for_getter(xn_connection *c, int64_t deadline_ns)
+{
+    int rc = parse_frames(c, NULL);
+    if (rc == PARSE_MORE) {
+        struct pollfd pfd = {.fd = c->rfd, .events = POLLIN};
+        int64_t wait_ns = deadline_ns - xn_monotonic_ns();
+        int ms = wait_ns <= 0 ? 0 : (int)((wait_ns + 999999) / 1000000);
+        int ready = poll(&pfd, 1, ms);
+        if (ready <= 0)
+            return; /* nothing yet (or EINTR): the caller tries again */
+        if (!read_some(c))
+            rc = PARSE_END;
+        else
+            rc = parse_frames(c, NULL);
+    }
+    if (rc == PARSE_HANDOFF || rc == PARSE_END) {
+        pthread_mutex_lock(&c->state_lock);
+        c->handoff = 1;
+        pthread_cond_signal(&c->io_cond);
+        pthread_mutex_unlock(&c->state_lock);
+    }
+}
+
+/* Build the exception that ended reading (GIL held). New reference or NULL. */
 static PyObject *
-make_end_error(xn_connection *c, int kind, int err, const char *text)
+make_end_error(xn_connection *c)
 {
     xn_state *st = xn_state_of_type(Py_TYPE(c));
     if (st == NULL)
         return NULL;
-    switch (kind) {
-    case 0:
-        return PyObject_CallFunction(PyExc_EOFError, "s", text);
-    case 1:
-        return PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+    switch (c->end_kind) {
+    case END_EOF:
+        return PyObject_CallFunction(PyExc_EOFError, "s", c->end_text);
+    case END_OS:
+        return PyObject_CallFunction(PyExc_OSError, "is", c->end_err, strerror(c->end_err));
     default:
-        return PyObject_CallFunction(st->LoadError, "s", text);
+        return PyObject_CallFunction(st->LoadError, "s", c->end_text);
     }
 }
 
-/* The IO thread: read frames until end of file or error, then tell Python
- * with dispatch(-1, 0, exception). */
+/* The IO thread: reads and dispatches while no getter does, until the end;
+ * then tells Python with dispatch(-1, 0, exception). */
 static void *
 reader_main(void *arg)
 {
-    reader_state r = {.conn = arg, .capacity = READ_CHUNK};
-    xn_connection *c = r.conn;
-    int kind = 0, err = 0;
-    char text[160] = "couldn't load message header, expected 9 bytes, got 0";
+    xn_connection *c = arg;
+    PyGILState_STATE gstate = PyGILState_Ensure();
+    gil_hold g = {.tstate = PyEval_SaveThread(), .held = 0};
+    PyObject *exc = NULL;
 
-    r.buf = malloc((size_t)r.capacity);
-    if (r.buf == NULL) {
-        kind = 1;
-        err = ENOMEM;
-        goto end;
-    }
     for (;;) {
-        /* complete frames first */
-        while (r.end - r.start >= HEADER_SIZE) {
-            const char *h = r.buf + r.start;
-            int code = (signed char)h[0];
-            int32_t channelid = xn_get_i32((const unsigned char *)h + 1);
-            int32_t size = xn_get_i32((const unsigned char *)h + 5);
-            if (size < 0 || code < 0 || code > MSG_MAX) {
-                kind = 2;
-                if (size < 0)
-                    snprintf(text, sizeof(text),
-                             "invalid message: negative length %d (channel %d)", (int)size,
-                             (int)channelid);
-                else
-                    snprintf(text, sizeof(text),
-                             "invalid message: unknown message code %d (channel %d)", code,
-                             (int)channelid);
-                goto end;
-            }
-            Py_ssize_t have = r.end - r.start - HEADER_SIZE;
-            if (have >= size) {
-                r.start += HEADER_SIZE + size;
-                if (route_frame(&r, code, channelid, h + HEADER_SIZE, size, NULL) < 0)
-                    goto python_error;
-                continue;
-            }
-            if (size < DIRECT_PAYLOAD)
-                break; /* wait for the rest in the buffer */
-            /* a big payload: read the rest straight into its item */
-            xn_item *item = xn_item_new(size);
-            if (item == NULL) {
-                kind = 1;
-                err = ENOMEM;
-                goto end;
-            }
-            memcpy(xn_item_data(item), h + HEADER_SIZE, (size_t)have);
-            r.start = r.end = 0;
-            drop_gil(&r);
-            Py_ssize_t got = read_fully(c->rfd, xn_item_data(item) + have, size - have, &err);
-            if (got < size - have) {
-                free(item);
-                if (got < 0) {
-                    kind = 1;
-                }
-                else {
-                    snprintf(text, sizeof(text), "expected %d bytes, got %zd", (int)size,
-                             have + got);
-                }
-                goto end;
-            }
-            if (route_frame(&r, code, channelid, NULL, size, item) < 0)
-                goto python_error;
+        /* step aside while getters read for themselves */
+        pthread_mutex_lock(&c->state_lock);
+        while (c->getters > 0 && !c->handoff && !c->read_ended) {
+            struct timespec ts;
+            int64_t until = xn_monotonic_ns() + PARK_NS;
+            ts.tv_sec = until / 1000000000LL;
+            ts.tv_nsec = until % 1000000000LL;
+            pthread_cond_timedwait(&c->io_cond, &c->state_lock, &ts);
         }
-        /* then more bytes */
-        Py_ssize_t partial = r.end - r.start;
-        Py_ssize_t need = HEADER_SIZE;
-        if (partial >= HEADER_SIZE)
-            need = HEADER_SIZE + xn_get_i32((const unsigned char *)r.buf + r.start + 5);
-        if (reader_room(&r, need > READ_CHUNK ? need - partial : READ_CHUNK / 2) < 0) {
-            kind = 1;
-            err = ENOMEM;
-            goto end;
-        }
-        drop_gil(&r);
-        ssize_t n;
-        do {
-            n = read(c->rfd, r.buf + r.end, (size_t)(r.capacity - r.end));
-        } while (n < 0 && errno == EINTR);
-        if (n < 0) {
-            kind = 1;
-            err = errno;
-            goto end;
-        }
-        if (n == 0) {
-            if (partial < HEADER_SIZE)
-                snprintf(text, sizeof(text),
-                         "couldn't load message header, expected 9 bytes, got %zd", partial);
-            else
-                snprintf(text, sizeof(text), "expected %zd bytes, got %zd",
-                         need - HEADER_SIZE, partial - HEADER_SIZE);
-            goto end;
-        }
-        r.end += n;
-    }
+        c->handoff = 0;
+        pthread_mutex_unlock(&c->state_lock);
 
-python_error:
-    /* the dispatcher raised (GIL held): that exception ends the connection */
-    {
-        PyObject *exc = xn_fetch_exception();
-        free(r.buf);
-        r.buf = NULL;
-        if (call_dispatch(c, CODE_END, 0, exc ? exc : Py_None) < 0)
-            PyErr_WriteUnraisable(c->dispatch);
-        Py_XDECREF(exc);
-        goto finish;
+        pthread_mutex_lock(&c->read_lock);
+        int rc;
+        for (;;) {
+            if (c->read_ended) {
+                rc = PARSE_END;
+                break;
+            }
+            rc = parse_frames(c, &g);
+            if (rc != PARSE_MORE)
+                break;
+            drop_gil(&g);
+            pthread_mutex_lock(&c->state_lock);
+            int getters = c->getters;
+            pthread_mutex_unlock(&c->state_lock);
+            if (getters > 0)
+                break; /* they read */
+            if (!read_some(c)) {
+                rc = PARSE_END;
+                break;
+            }
+        }
+        drop_gil(&g);
+        pthread_mutex_unlock(&c->read_lock);
+        pthread_mutex_lock(&c->state_lock);
+        pthread_cond_broadcast(&c->get_cond); /* the read role is free */
+        pthread_mutex_unlock(&c->state_lock);
+        if (rc == PARSE_PYERR) {
+            take_gil(&g);
+            exc = xn_fetch_exception();
+            break;
+        }
+        if (rc == PARSE_END) {
+            take_gil(&g);
+            exc = make_end_error(c);
+            break;
+        }
     }
-end:
-    free(r.buf);
-    r.buf = NULL;
-    take_gil(&r);
-    {
-        PyObject *exc = make_end_error(c, kind, err, text);
-        if (exc == NULL || call_dispatch(c, CODE_END, 0, exc) < 0)
-            PyErr_WriteUnraisable(c->dispatch);
-        Py_XDECREF(exc);
-    }
-finish:
-    /* GIL held here */
+    /* GIL held: getters stop reading, Python hears of the end */
+    drop_gil(&g);
+    pthread_mutex_lock(&c->state_lock);
+    c->read_ended = 1;
+    pthread_cond_broadcast(&c->get_cond);
+    pthread_mutex_unlock(&c->state_lock);
+    take_gil(&g);
+    if (call_dispatch(c, CODE_END, 0, exc ? exc : Py_None) < 0)
+        PyErr_WriteUnraisable(c->dispatch);
+    Py_XDECREF(exc);
     c->reader_running = 0;
+    drop_gil(&g);
+    pthread_mutex_lock(&c->read_lock);
     if (c->rfd >= 0) {
         close(c->rfd);
         c->rfd = -1;
     }
+    pthread_mutex_unlock(&c->read_lock);
+    take_gil(&g);
     Py_DECREF(c);
-    drop_gil(&r);
+    PyGILState_Release(gstate);
     return NULL;
 }
 
@@ -687,6 +822,8 @@ conn_queue(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     q->channelid = (int32_t)id;
     q->connection = Py_NewRef((PyObject *)c);
+    q->lock = &c->state_lock;
+    q->cond = &c->get_cond;
     pthread_mutex_lock(&c->table_lock);
     int rc = table_insert(c, (int32_t)id, q);
     pthread_mutex_unlock(&c->table_lock);
@@ -719,6 +856,27 @@ conn_is_reading(xn_connection *c, void *Py_UNUSED(closure))
     return PyBool_FromLong(c->reader_running);
 }
 
+/* Initialise c's locks and conditions (monotonic clock). Returns 0 or -1. */
+static int
+init_sync(xn_connection *c)
+{
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
+        return -1;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int ok = pthread_mutex_init(&c->table_lock, NULL) == 0;
+    ok = ok && pthread_mutex_init(&c->write_lock, NULL) == 0;
+    ok = ok && pthread_mutex_init(&c->read_lock, NULL) == 0;
+    ok = ok && pthread_mutex_init(&c->state_lock, NULL) == 0;
+    ok = ok && pthread_cond_init(&c->get_cond, &attr) == 0;
+    ok = ok && pthread_cond_init(&c->io_cond, &attr) == 0;
+    pthread_condattr_destroy(&attr);
+    if (!ok)
+        return -1; /* (a partial set leaks, on a failure that does not happen) */
+    c->locks_ready = 1;
+    return 0;
+}
+
 /* Connection(rfd, wfd, dispatch): takes ownership of both descriptors. */
 static PyObject *
 conn_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -737,13 +895,11 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (c == NULL)
         return NULL;
     c->rfd = c->wfd = -1;
-    if (pthread_mutex_init(&c->table_lock, NULL) != 0 ||
-        pthread_mutex_init(&c->write_lock, NULL) != 0) {
+    if (init_sync(c) < 0) {
         Py_DECREF(c);
         PyErr_SetString(PyExc_OSError, "cannot create connection locks");
         return NULL;
     }
-    c->locks_ready = 1;
     c->rfd = rfd;
     c->wfd = wfd;
 #ifdef F_SETPIPE_SZ
@@ -782,11 +938,17 @@ conn_dealloc(xn_connection *c)
         close(c->rfd);
     if (c->wfd >= 0)
         close(c->wfd);
-    buffer_free(&c->pending);
+    buffer_free(&c->unwritten);
     free(c->slots);
+    free(c->rbuf);
+    free(c->pending);
     if (c->locks_ready) {
         pthread_mutex_destroy(&c->table_lock);
         pthread_mutex_destroy(&c->write_lock);
+        pthread_mutex_destroy(&c->read_lock);
+        pthread_mutex_destroy(&c->state_lock);
+        pthread_cond_destroy(&c->get_cond);
+        pthread_cond_destroy(&c->io_cond);
     }
     tp->tp_free(c);
     Py_DECREF(tp);

@@ -366,3 +366,48 @@ def test_channel_reference_before_data(gw):
     assert [sub.receive(TIMEOUT) for _ in range(100)] == list(range(100))
     with pytest.raises(execnet.RemoteError, match="done"):
         sub.receive(TIMEOUT)
+
+
+def test_concurrent_receivers_and_a_callback(gw):
+    # several threads read the connection in turn, while callbacks and
+    # channel closes are handed to the IO thread: all in order, nothing lost
+    channel = gw.remote_exec(
+        """
+        chans = channel.receive()
+        n = channel.receive()
+        for i in range(n):
+            for c in chans:
+                c.send(i)
+        for c in chans:
+            c.close()
+        """
+    )
+    a, b, c = gw.newchannel(), gw.newchannel(), gw.newchannel()
+    from_callback = []
+    c.setcallback(from_callback.append, endmarker=None)
+    results = {}
+
+    def drain(name, ch):
+        results[name] = list(ch)
+
+    threads = [threading.Thread(target=drain, args=(name, ch)) for name, ch in [("a", a), ("b", b)]]
+    for t in threads:
+        t.start()
+    n = 5000
+    channel.send((a, b, c))
+    channel.send(n)
+    for t in threads:
+        t.join(TIMEOUT)
+    c.waitclose(TIMEOUT)
+    channel.waitclose(TIMEOUT)
+    assert results == {"a": list(range(n)), "b": list(range(n))}
+    assert from_callback == list(range(n)) + [None]
+
+
+def test_receiver_timeout_then_data(gw):
+    channel = gw.remote_exec("channel.send(channel.receive())")
+    with pytest.raises(execnet.TimeoutError):
+        channel.receive(0.05)
+    channel.send("late")
+    assert channel.receive(TIMEOUT) == "late"
+    channel.waitclose(TIMEOUT)
