@@ -265,6 +265,7 @@ typedef struct {
     pthread_cond_t get_cond; /* getters: an item came, or the read role is free */
     pthread_cond_t io_cond;  /* the IO thread, parked while getters read */
     int getters;             /* threads waiting in get() on our queues */
+    int64_t spin_ns;         /* how long a getter polls before it sleeps */
     int handoff;             /* the IO thread's turn: frames need Python */
     int read_ended;          /* reading is over (end_* say why) */
     int end_kind, end_err;

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 #define CODE_END (-1)
 /* The IO thread checks this often whether getters still read. */
 #define PARK_NS 1000000LL
+#define DEFAULT_SPIN_US 20
 enum { END_EOF, END_OS, END_PROTOCOL };
 #define PIPE_SIZE (1024 * 1024)
 
@@ -640,6 +642,20 @@ read_some(xn_connection *c)
     return 0;
 }
 
+/* How long a receiver looks for a reply before it sleeps: sleeping and
+ * waking cost far more (tens of microseconds on virtual machines) than a
+ * round trip between two processes that are awake. EXECNET_SPIN_US sets
+ * it (0: never); on one CPU there is nobody to wait for. */
+static int64_t
+spin_setting_ns(void)
+{
+    const char *env = getenv("EXECNET_SPIN_US");
+    long long us = env != NULL ? atoll(env) : DEFAULT_SPIN_US;
+    if (us < 0 || us > 1000000 || sysconf(_SC_NPROCESSORS_ONLN) < 2)
+        us = 0;
+    return (int64_t)us * 1000;
+}
+
 /* A getter's turn at reading (read_lock held, no GIL): parse what is
  * buffered, else wait until deadline_ns for bytes and parse them. */
 void
@@ -648,9 +664,16 @@ xn_connection_read_for_getter(xn_connection *c, int64_t deadline_ns)
     int rc = parse_frames(c, NULL);
     if (rc == PARSE_MORE) {
         struct pollfd pfd = {.fd = c->rfd, .events = POLLIN};
+        /* a reply often follows within microseconds: look a little while
+         * before sleeping, which costs a wakeup */
+        int ready = 0;
+        int64_t spin_end = xn_monotonic_ns() + c->spin_ns;
+        while (xn_monotonic_ns() < spin_end && (ready = poll(&pfd, 1, 0)) == 0)
+            ;
         int64_t wait_ns = deadline_ns - xn_monotonic_ns();
         int ms = wait_ns <= 0 ? 0 : (int)((wait_ns + 999999) / 1000000);
-        int ready = poll(&pfd, 1, ms);
+        if (ready <= 0)
+            ready = poll(&pfd, 1, ms);
         if (ready <= 0)
             return; /* nothing yet (or EINTR): the caller tries again */
         if (!read_some(c))
@@ -902,6 +925,7 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     c->rfd = rfd;
     c->wfd = wfd;
+    c->spin_ns = spin_setting_ns();
 #ifdef F_SETPIPE_SZ
     /* Bigger pipes (where they are pipes) mean fewer wakeups for bulk data;
      * refusals (sockets, limits) leave things as they are. */
