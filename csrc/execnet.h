@@ -187,11 +187,20 @@ int xn_serializer_add_functions(PyObject *module);
  * exception set. */
 int xn_unserializer_add_functions(PyObject *module);
 
-/* Returns a new bytes object holding one message: the header for msgcode
- * and channelid, then obj serialized as its payload; or NULL with an
- * exception set (DumpError for what can't be serialized). */
-PyObject *xn_encode_message(xn_state *st, PyObject *obj, int msgcode,
-                            int32_t channelid);
+/* A piece of an encoded message. */
+typedef struct {
+    const char *data;
+    Py_ssize_t size;
+} xn_piece;
+
+/* Writes count pieces; returns 0, or -1 with an exception set. */
+typedef int (*xn_piece_writer)(void *ctx, const xn_piece *pieces, Py_ssize_t count);
+
+/* Encodes obj as one message for msgcode and channelid and hands it to
+ * write as pieces (large byte strings uncopied). Returns write's result,
+ * or -1 with an exception set. */
+int xn_write_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid,
+                     xn_piece_writer write, void *ctx);
 
 /* Returns the value of the message payload data[0..n) (new reference), or
  * NULL with an exception set.  Channel references and the string config

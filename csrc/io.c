@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define HEADER_SIZE 9
@@ -183,29 +184,45 @@ buffer_free(xn_buffer *buf)
     buf->size = buf->capacity = 0;
 }
 
-/* Write all of data to fd (GIL released). Returns 0, or an errno value. */
+/* Write all count pieces to fd (GIL released), with as few calls as the
+ * system allows. Returns 0, or an errno value. */
 static int
-write_all(int fd, const char *data, size_t size)
+write_pieces(int fd, const xn_piece *pieces, Py_ssize_t count)
 {
-    while (size > 0) {
-        ssize_t n = write(fd, data, size);
-        if (n < 0) {
+    struct iovec iov[64];
+    Py_ssize_t next = 0;   /* the first piece not fully written */
+    Py_ssize_t offset = 0; /* bytes of it already written */
+    while (next < count) {
+        int n = 0;
+        for (Py_ssize_t i = next; i < count && n < 64; i++, n++) {
+            Py_ssize_t skip = i == next ? offset : 0;
+            iov[n].iov_base = (void *)(pieces[i].data + skip);
+            iov[n].iov_len = (size_t)(pieces[i].size - skip);
+        }
+        ssize_t written = writev(fd, iov, n);
+        if (written < 0) {
             if (errno == EINTR)
                 continue;
             return errno;
         }
-        data += n;
-        size -= (size_t)n;
+        /* advance past what went out */
+        while (next < count && written >= pieces[next].size - offset) {
+            written -= pieces[next].size - offset;
+            next++;
+            offset = 0;
+        }
+        offset += written;
     }
     return 0;
 }
 
-/* Hand one complete frame to the connection: written at once if nobody is
- * writing, else appended for the thread that is (frames never interleave).
- * Returns 0, or -1 with OSError set. */
+/* Hand one complete message (count pieces) to the connection: written at
+ * once if nobody is writing, else appended for the thread that is, so that
+ * messages never interleave. Returns 0, or -1 with an exception set. */
 static int
-write_frame(xn_connection *c, const char *frame, size_t size)
+write_message(void *ctx, const xn_piece *pieces, Py_ssize_t count)
 {
+    xn_connection *c = ctx;
     int err = 0;
     pthread_mutex_lock(&c->write_lock);
     if (c->write_failed || c->write_closed) {
@@ -213,7 +230,9 @@ write_frame(xn_connection *c, const char *frame, size_t size)
         goto failed;
     }
     if (c->writing) {
-        int ok = buffer_append(&c->unwritten, frame, (Py_ssize_t)size) == 0;
+        int ok = 1;
+        for (Py_ssize_t i = 0; i < count && ok; i++)
+            ok = buffer_append(&c->unwritten, pieces[i].data, pieces[i].size) == 0;
         pthread_mutex_unlock(&c->write_lock);
         if (!ok) {
             PyErr_NoMemory();
@@ -226,14 +245,15 @@ write_frame(xn_connection *c, const char *frame, size_t size)
 
     xn_buffer spare = {0};
     Py_BEGIN_ALLOW_THREADS
-    err = write_all(c->wfd, frame, size);
+    err = write_pieces(c->wfd, pieces, count);
     pthread_mutex_lock(&c->write_lock);
     /* flush what other threads appended meanwhile */
     while (err == 0 && c->unwritten.size > 0) {
         xn_buffer batch = c->unwritten;
         c->unwritten = spare;
         pthread_mutex_unlock(&c->write_lock);
-        err = write_all(c->wfd, batch.data, (size_t)batch.size);
+        xn_piece piece = {batch.data, batch.size};
+        err = write_pieces(c->wfd, &piece, 1);
         batch.size = 0;
         spare = batch;
         pthread_mutex_lock(&c->write_lock);
@@ -292,12 +312,7 @@ conn_send(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
     xn_state *st = xn_state_of_type(Py_TYPE(c));
     if (st == NULL || xn_require_installed(st) < 0)
         return NULL;
-    PyObject *frame = xn_encode_message(st, args[2], code, channelid);
-    if (frame == NULL)
-        return NULL;
-    int rc = write_frame(c, PyBytes_AS_STRING(frame), (size_t)PyBytes_GET_SIZE(frame));
-    Py_DECREF(frame);
-    if (rc < 0)
+    if (xn_write_message(st, args[2], code, channelid, write_message, c) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -331,7 +346,8 @@ conn_send_raw(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
     xn_put_header((unsigned char *)buf.data, (int8_t)code, channelid, (int32_t)view.len);
     memcpy(buf.data + HEADER_SIZE, view.buf, (size_t)view.len);
     buf.size = HEADER_SIZE + view.len;
-    if (write_frame(c, buf.data, (size_t)buf.size) == 0)
+    xn_piece piece = {buf.data, buf.size};
+    if (write_message(c, &piece, 1) == 0)
         result = Py_NewRef(Py_None);
 done:
     buffer_free(&buf);
@@ -571,8 +587,11 @@ parse_frames(xn_connection *c, gil_hold *g)
             set_end(c, got < 0 ? END_OS : END_EOF, err, text);
             return PARSE_END;
         }
-        if (try_native(c, code, channelid, NULL, size, item))
+        if (try_native(c, code, channelid, NULL, size, item)) {
+            if (g == NULL)
+                return PARSE_HANDOFF; /* the IO thread reads on while we decode */
             continue;
+        }
         if (g == NULL) {
             c->pending = item;
             c->pending_code = code;

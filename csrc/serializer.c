@@ -753,35 +753,54 @@ error:
     return result;
 }
 
-/* Returns a new bytes object: the message header for msgcode and channelid,
- * then obj serialized as the payload; or NULL with an exception set. */
-PyObject *
-xn_encode_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid)
+/* Encodes obj as one message (header for msgcode and channelid, then the
+ * payload) and hands its bytes to write(ctx, pieces, count) as pieces:
+ * large byte strings are not copied but passed from the objects holding
+ * them. Returns what write returned, or -1 with an exception set. */
+int
+xn_write_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid,
+                 xn_piece_writer write, void *ctx)
 {
     encoder e;
-    PyObject *result = NULL;
-    Py_ssize_t payload;
+    xn_piece *pieces = NULL;
+    int rc = -1;
 
     encoder_init(&e, st);
     if (out_take(&e, XN_HEADER_SIZE) == NULL || encode(&e, obj) < 0) {
-        goto error;
+        goto done;
     }
-    payload = e.len + e.chunked - XN_HEADER_SIZE;
+    Py_ssize_t payload = e.len + e.chunked - XN_HEADER_SIZE;
     if (payload > INT32_LIMIT) {
         PyErr_SetString(st->DumpError, "message is too long");
-        goto error;
+        goto done;
     }
     xn_put_header(e.out, (int8_t)msgcode, channelid, (int32_t)payload);
-    if (e.nchunks == 0) {
-        result = PyBytes_FromStringAndSize((const char *)e.out, e.len);
+    pieces = PyMem_Malloc(sizeof(xn_piece) * (size_t)(2 * e.nchunks + 1));
+    if (pieces == NULL) {
+        PyErr_NoMemory();
+        goto done;
     }
-    else {
-        result = join_output(&e);
+    Py_ssize_t n = 0, done_len = 0;
+    for (Py_ssize_t i = 0; i < e.nchunks; i++) {
+        chunk *c = &e.chunks[i];
+        if (c->pos > done_len) {
+            pieces[n].data = (const char *)e.out + done_len;
+            pieces[n++].size = c->pos - done_len;
+        }
+        done_len = c->pos;
+        pieces[n].data = c->data;
+        pieces[n++].size = c->n;
     }
+    if (e.len > done_len) {
+        pieces[n].data = (const char *)e.out + done_len;
+        pieces[n++].size = e.len - done_len;
+    }
+    rc = write(ctx, pieces, n);
 
-error:
+done:
+    PyMem_Free(pieces);
     encoder_free(&e);
-    return result;
+    return rc;
 }
 
 static const char *const dumps_params[] = {"obj"};
