@@ -1,6 +1,8 @@
-"""A short tour of what works: the serializer, on both backends."""
+"""A short tour of what works: the serializer, and gateways to a child Python."""
 
+import os
 import pickle
+import time
 import timeit
 
 import execnet
@@ -20,7 +22,9 @@ report = {
 }
 
 print(f"execnet {execnet.__version__} from {execnet.__file__}")
-print(f"serializer backend: {gateway_base.BACKEND}")
+print(f"backend: {gateway_base.BACKEND}")
+
+print("\n-- the serializer")
 data = execnet.dumps(report)
 assert execnet.loads(data) == report
 print(f"a pytest-xdist report: {len(data)} bytes, round trip ok")
@@ -33,3 +37,36 @@ for name, dumps, loads in [
     td = min(timeit.repeat(lambda: dumps(report), number=n, repeat=3)) / n
     tl = min(timeit.repeat(lambda: loads(blob), number=n, repeat=3)) / n
     print(f"{name:9s} dumps {1 / td:10,.0f}/s   loads {1 / tl:10,.0f}/s")
+
+print("\n-- gateways")
+group = execnet.Group()
+try:
+    start = time.perf_counter()
+    gws = [group.makegateway("popen") for _ in range(4)]
+    print(f"4 popen gateways in {(time.perf_counter() - start) * 1000:.0f} ms: {[gw.id for gw in gws]}")
+    info = gws[0]._rinfo()
+    print(f"remote: pid {info.pid} (ours {os.getpid()}), python {info.version_info[:3]}")
+    squares = group.remote_exec("channel.send(channel.receive() ** 2)")
+    squares.send_each(7)
+    print(f"each worker squared 7: {squares.receive_each()}")
+
+    def echo(channel):
+        for item in channel:
+            channel.send(item)
+
+    channel = gws[0].remote_exec(echo)
+    n = 20000
+    start = time.perf_counter()
+    for i in range(n):
+        channel.send(i)
+        assert channel.receive() == i
+    elapsed = time.perf_counter() - start
+    print(f"round trip send + receive: {elapsed / n * 1e6:.1f} us")
+    channel.close()
+    try:
+        gws[1].remote_exec("raise ValueError('from the worker')").waitclose()
+    except execnet.RemoteError as e:
+        print("a remote error arrives with its traceback:", e.formatted.splitlines()[-1])
+finally:
+    group.terminate(timeout=5)
+print("group terminated:", group)

@@ -725,6 +725,16 @@ make_end_error(xn_connection *c)
     }
 }
 
+static int
+interpreter_finalizing(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
 /* The IO thread: reads and dispatches while no getter does, until the end;
  * then tells Python with dispatch(-1, 0, exception). */
 static void *
@@ -751,7 +761,10 @@ reader_main(void *arg)
         pthread_mutex_lock(&c->read_lock);
         int rc;
         for (;;) {
-            if (c->read_ended) {
+            pthread_mutex_lock(&c->state_lock);
+            int over = c->read_ended;
+            pthread_mutex_unlock(&c->state_lock);
+            if (over) {
                 rc = PARSE_END;
                 break;
             }
@@ -777,33 +790,39 @@ reader_main(void *arg)
         if (rc == PARSE_PYERR) {
             take_gil(&g);
             exc = xn_fetch_exception();
+            drop_gil(&g);
             break;
         }
-        if (rc == PARSE_END) {
-            take_gil(&g);
-            exc = make_end_error(c);
+        if (rc == PARSE_END)
             break;
-        }
     }
-    /* GIL held: getters stop reading, Python hears of the end */
-    drop_gil(&g);
+    /* Getters stop reading; the descriptor is closed before Python hears
+     * of the end, so that nothing needs the GIL again afterwards (the
+     * interpreter may be finalizing by then). */
     pthread_mutex_lock(&c->state_lock);
     c->read_ended = 1;
     pthread_cond_broadcast(&c->get_cond);
     pthread_mutex_unlock(&c->state_lock);
-    take_gil(&g);
-    if (call_dispatch(c, CODE_END, 0, exc ? exc : Py_None) < 0)
-        PyErr_WriteUnraisable(c->dispatch);
-    Py_XDECREF(exc);
-    c->reader_running = 0;
-    drop_gil(&g);
     pthread_mutex_lock(&c->read_lock);
     if (c->rfd >= 0) {
         close(c->rfd);
         c->rfd = -1;
     }
     pthread_mutex_unlock(&c->read_lock);
+    if (interpreter_finalizing()) {
+        /* Python is going away: nobody is left to tell, and taking the GIL
+         * now would end this thread inside CPython. */
+        return NULL;
+    }
     take_gil(&g);
+    if (exc == NULL)
+        exc = make_end_error(c);
+    if (exc == NULL)
+        PyErr_WriteUnraisable(c->dispatch);
+    else if (call_dispatch(c, CODE_END, 0, exc) < 0)
+        PyErr_WriteUnraisable(c->dispatch);
+    Py_XDECREF(exc);
+    c->reader_running = 0;
     Py_DECREF(c);
     PyGILState_Release(gstate);
     return NULL;
