@@ -46,7 +46,9 @@ def bootstrap_import(io, spec) -> None:
     sendexec(
         io,
         "import sys",
-        f"if {importdir!r} not in sys.path:",
+        # first, so that an execnet directory in the worker's current
+        # directory (sys.path[0] under -c) does not shadow ours
+        f"if sys.path[:1] != [{importdir!r}]:",
         f"    sys.path.insert(0, {importdir!r})",
         "from execnet.gateway_base import serve, init_popen_io, get_execmodel",
         "sys.stdout.write('1')",

@@ -115,7 +115,7 @@ def test_queue_corrupt_item_raises_load_error(install):
         q.get(None, None)
 
 
-def test_queue_get_interrupted_by_sigint():
+def test_queue_get_interrupted_by_sigint(tmp_path):
     code = """
 import execnet.gateway_base as base, execnet._execnet as core, sys
 q = core.ItemQueue(base.ENDMARKER)
@@ -125,7 +125,10 @@ try:
 except KeyboardInterrupt:
     print("interrupted")
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    # (cwd: not our checkout's root, whose execnet sources would shadow ours)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
     try:
         assert proc.stdout.readline() == "waiting\n"
         proc.send_signal(signal.SIGINT)

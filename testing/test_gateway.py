@@ -625,3 +625,14 @@ def test_gateway_base_names_for_worker():
     assert callable(gateway_base.serve)
     assert callable(gateway_base.init_popen_io)
     assert callable(gateway_base.get_execmodel)
+
+
+def test_worker_imports_our_package_whatever_its_cwd(group, tmp_path, monkeypatch):
+    # under -c the worker's sys.path starts with its current directory
+    fake = tmp_path / "execnet"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('the wrong execnet')\n")
+    monkeypatch.chdir(tmp_path)
+    gw = group.makegateway("popen")
+    channel = gw.remote_exec("import execnet; channel.send(execnet.__file__)")
+    assert channel.receive(TIMEOUT) == execnet.__file__
