@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -29,3 +31,23 @@ def run_python(source: str, timeout: float = TIMEOUT, **kwargs) -> subprocess.Co
         timeout=timeout,
         **kwargs,
     )
+
+
+def interrupt_when_ready(source: str, cwd) -> tuple[bytes, bytes, int]:
+    """Run source in a fresh interpreter started in cwd (not our checkout,
+    whose sources would shadow the installed package); once it prints
+    "ready", send it SIGINT. Returns its stdout, stderr and exit status."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(source)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+    )
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    return out, err, proc.returncode

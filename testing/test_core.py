@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
 from runtime_util import TIMEOUT
+from runtime_util import interrupt_when_ready
 
 import execnet
 from execnet import gateway_base
@@ -116,27 +115,19 @@ def test_queue_corrupt_item_raises_load_error(install):
 
 
 def test_queue_get_interrupted_by_sigint(tmp_path):
-    code = """
-import execnet.gateway_base as base, execnet._execnet as core, sys
-q = core.ItemQueue(base.ENDMARKER)
-sys.stdout.write("waiting\\n"); sys.stdout.flush()
-try:
-    q.get(None, None)
-except KeyboardInterrupt:
-    print("interrupted")
-"""
-    # (cwd: not our checkout's root, whose execnet sources would shadow ours)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    out, err, _ = interrupt_when_ready(
+        """
+        import execnet.gateway_base as base, execnet._execnet as core
+        q = core.ItemQueue(base.ENDMARKER)
+        print("ready", flush=True)
+        try:
+            q.get(None, None)
+        except KeyboardInterrupt:
+            print("interrupted")
+        """,
+        tmp_path,
     )
-    try:
-        assert proc.stdout.readline() == "waiting\n"
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=TIMEOUT)
-        assert out == "interrupted\n"
-    finally:
-        proc.kill()
-        proc.wait()
+    assert out == b"interrupted\n", err
 
 
 # --- Connection ---------------------------------------------------------------

@@ -7,13 +7,13 @@ import importlib.util
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
 from runtime_util import TIMEOUT
+from runtime_util import interrupt_when_ready
 from runtime_util import run_python
 from runtime_util import wait_for
 
@@ -557,67 +557,23 @@ def test_system_exit_does_not_end_worker(gw):
     assert gw.remote_exec("channel.send(1)").receive(TIMEOUT) == 1
 
 
-def test_sigint_interrupts_receive():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                """
-                import execnet, sys
-                gw = execnet.makegateway()
-                ch = gw.remote_exec("channel.receive()")
-                try:
-                    print("ready", flush=True)
-                    ch.receive()
-                except KeyboardInterrupt:
-                    print("interrupted", flush=True)
-                """
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+@pytest.mark.parametrize("wait", ["ch.receive()", "ch.waitclose()"])
+def test_sigint_interrupts_blocked_wait(wait, tmp_path):
+    out, err, status = interrupt_when_ready(
+        f"""
+        import execnet
+        gw = execnet.makegateway()
+        ch = gw.remote_exec("channel.receive()")
+        try:
+            print("ready", flush=True)
+            {wait}
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        """,
+        tmp_path,
     )
-    try:
-        assert proc.stdout.readline() == b"ready\n"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=TIMEOUT)
-    finally:
-        proc.kill()
-        proc.wait()
     assert out == b"interrupted\n", err
-    assert proc.returncode == 0
-
-
-def test_sigint_interrupts_waitclose():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                """
-                import execnet
-                gw = execnet.makegateway()
-                ch = gw.remote_exec("channel.receive()")
-                try:
-                    print("ready", flush=True)
-                    ch.waitclose()
-                except KeyboardInterrupt:
-                    print("interrupted", flush=True)
-                """
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout.readline() == b"ready\n"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=TIMEOUT)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert out == b"interrupted\n", err
+    assert status == 0
 
 
 def test_gateway_base_names_for_worker():
