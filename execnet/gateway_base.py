@@ -9,6 +9,7 @@ paths are replaced by their C twins; ``BACKEND`` says which are active.
 from __future__ import annotations
 
 import _thread
+import io
 import os
 import struct
 import sys
@@ -74,50 +75,54 @@ class opcode:
 
 _int32 = struct.Struct("!i")
 _pack_int32 = _int32.pack
+_unpack_int32 = _int32.unpack
 _pack_double = struct.Struct("!d").pack
 _pack_complex = struct.Struct("!dd").pack
 
 
-def _sized(op: bytes, data: bytes, what: str) -> bytes:
+def _put_sized(out: list, op: bytes, data: bytes, what: str) -> None:
     if len(data) > FOUR_BYTE_INT_MAX:
         raise DumpError(f"{what} is too long")
-    return op + _pack_int32(len(data)) + data
+    # header and data apart: large data is copied once, by the final join
+    out += (op + _pack_int32(len(data)), data)
 
 
-def _encode_int(value: int) -> bytes:
+def _put_int(out: list, value: int) -> None:
     if FOUR_BYTE_INT_MIN <= value <= FOUR_BYTE_INT_MAX:
-        return b"F" + _pack_int32(value)
-    return _sized(b"H", str(value).encode("ascii"), "string")
+        out.append(b"F" + _pack_int32(value))
+    else:
+        _put_sized(out, b"H", str(value).encode("ascii"), "string")
 
 
-def _encode_str(value: str) -> bytes:
+def _put_str(out: list, value: str) -> None:
     try:
         data = value.encode("utf-8")
     except UnicodeEncodeError:
         raise DumpError("strings must be utf-8 encodable") from None
-    return _sized(b"N", data, "string")
+    _put_sized(out, b"N", data, "string")
 
 
+# type -> function(out, value) appending the value's encoding to out
 _LEAF_ENCODERS = {
-    type(None): lambda value: b"L",
-    bool: lambda value: b"R" if value else b"C",
-    int: _encode_int,
-    float: lambda value: b"D" + _pack_double(value),
-    complex: lambda value: b"T" + _pack_complex(value.real, value.imag),
-    bytes: lambda value: _sized(b"A", value, "string"),
-    str: _encode_str,
+    type(None): lambda out, value: out.append(b"L"),
+    bool: lambda out, value: out.append(b"R" if value else b"C"),
+    int: _put_int,
+    float: lambda out, value: out.append(b"D" + _pack_double(value)),
+    complex: lambda out, value: out.append(b"T" + _pack_complex(value.real, value.imag)),
+    bytes: lambda out, value: _put_sized(out, b"A", value, "string"),
+    str: _put_str,
 }
 _COLLECTIONS = {tuple: (b"@", "tuple"), set: (b"O", "set"), frozenset: (b"E", "set")}
 _SETITEM = (b"P", -1)
 
 
-def _encode(obj: object) -> bytes:
-    """Encode obj followed by STOP, without version byte.
+def _encode(obj: object, prefix: bytes = b"") -> bytes:
+    """Encode obj followed by STOP, after prefix.
 
     An explicit stack holds (value, level) pairs still to encode and
     (raw bytes, -1) pairs to emit as they are.
     """
-    out: list[bytes] = []
+    out: list[bytes] = [prefix]
     todo: list[tuple[object, int]] = [(obj, 0)]
     while todo:
         value, level = todo.pop()
@@ -127,7 +132,7 @@ def _encode(obj: object) -> bytes:
         tp = type(value)
         leaf = _LEAF_ENCODERS.get(tp)
         if leaf is not None:
-            out.append(leaf(value))
+            leaf(out, value)
             continue
         if tp in (list, dict, tuple, set, frozenset):
             if level >= MAX_NESTING:
@@ -162,7 +167,7 @@ def _encode(obj: object) -> bytes:
 
 def dumps(obj: object) -> bytes:
     """Serialize obj to bytes (with the dump format version byte)."""
-    return DUMPFORMAT_VERSION + _encode(obj)
+    return _encode(obj, DUMPFORMAT_VERSION)
 
 
 def dump(byteio, obj: object) -> None:
@@ -175,36 +180,35 @@ def dumps_internal(obj: object) -> bytes:
     return _encode(obj)
 
 
-class _BufferReader:
-    """Reads from bytes that are all there."""
+class _BufferReader(io.BytesIO):
+    """Reads from bytes that are all there; read() may return short."""
 
     def __init__(self, data) -> None:
         if isinstance(data, str):
             raise TypeError("can't load from str, expected a bytes-like object")
-        self.data = bytes(memoryview(data))
-        self.pos = 0
-
-    def read(self, n: int) -> bytes:
-        self.require(n)
-        start = self.pos
-        self.pos = start + n
-        return self.data[start : self.pos]
+        data = data if type(data) is bytes else bytes(memoryview(data))
+        super().__init__(data)  # shares data until written to
+        self.size = len(data)
 
     def require(self, n: int) -> None:
-        have = len(self.data) - self.pos
+        have = self.size - self.tell()
         if have < n:
             raise EOFError(f"expected {n} bytes, got {have}")
 
 
 class _StreamReader:
-    """Reads from a file-like object, in bounded pieces."""
+    """Reads from a file-like object, in bounded pieces; read() may return
+    short at the end."""
 
     def __init__(self, stream) -> None:
         self.stream = stream
         self.ahead = b""  # bytes read by require() and not yet consumed
 
     def read(self, n: int) -> bytes:
-        self.require(n)
+        try:
+            self.require(n)
+        except EOFError:
+            pass  # the caller sees the short read
         data, self.ahead = self.ahead[:n], self.ahead[n:]
         return data
 
@@ -236,27 +240,30 @@ class Unserializer:
             self.reader: _BufferReader | _StreamReader = _StreamReader(stream)
         else:
             self.reader = _BufferReader(stream)
+        self.read = self.reader.read
         self.channel_or_gateway = channel_or_gateway
         if strconfig is None:
             strconfig = getattr(channel_or_gateway, "_strconfig", (False, False))
         self.py2str_as_py3str, self.py3str_as_py2str = strconfig
         self.stack: list[object] = []
         self.depths: list[int] = []  # nesting depth of each stack entry
+        # leaves (depth 0) are pushed by appending to both lists
+        self._push_value = self.stack.append
+        self._push_depth = self.depths.append
 
     def load(self, versioned: bool = False):
         if versioned:
-            try:
-                version = self.reader.read(1)
-            except EOFError:
-                version = b""
+            version = self.read(1)
             if version != DUMPFORMAT_VERSION:
                 raise LoadError(f"wrong dumpformat version {version!r}")
-        read = self.reader.read
+        read = self.read
         dispatch = self._dispatch
         while True:
             op = read(1)
             handler = dispatch.get(op)
             if handler is None:
+                if not op:
+                    raise EOFError("expected 1 bytes, got 0")
                 raise LoadError(f"unknown opcode {op!r} - wire protocol corruption?")
             if handler is Unserializer._stop:
                 break
@@ -267,8 +274,17 @@ class Unserializer:
 
     # helpers
 
+    def _exact(self, n: int) -> bytes:
+        data = self.read(n)
+        if len(data) != n:
+            raise EOFError(f"expected {n} bytes, got {len(data)}")
+        return data
+
     def _length(self) -> int:
-        (n,) = _int32.unpack(self.reader.read(4))
+        data = self.read(4)
+        if len(data) != 4:
+            raise EOFError(f"expected 4 bytes, got {len(data)}")
+        (n,) = _unpack_int32(data)
         if n < 0:
             raise LoadError(f"negative length {n}")
         return n
@@ -299,43 +315,54 @@ class Unserializer:
     # opcodes
 
     def _none(self) -> None:
-        self._push(None)
+        self._push_value(None)
+        self._push_depth(0)
 
     def _true(self) -> None:
-        self._push(True)
+        self._push_value(True)
+        self._push_depth(0)
 
     def _false(self) -> None:
-        self._push(False)
+        self._push_value(False)
+        self._push_depth(0)
 
     def _int(self) -> None:
-        self._push(_int32.unpack(self.reader.read(4))[0])
+        self._push_value(_int32.unpack(self._exact(4))[0])
+        self._push_depth(0)
 
     def _longint(self) -> None:
-        text = self.reader.read(self._length())
+        text = self._exact(self._length())
         try:
-            self._push(int(text))
+            self._push_value(int(text))
+            self._push_depth(0)
         except ValueError as e:
             raise LoadError(f"invalid integer data: {e}") from None
 
     def _float(self) -> None:
-        self._push(struct.unpack("!d", self.reader.read(8))[0])
+        self._push_value(struct.unpack("!d", self._exact(8))[0])
+        self._push_depth(0)
 
     def _complex(self) -> None:
-        self._push(complex(*struct.unpack("!dd", self.reader.read(16))))
+        self._push_value(complex(*struct.unpack("!dd", self._exact(16))))
+        self._push_depth(0)
 
     def _bytes(self) -> None:
-        self._push(self.reader.read(self._length()))
+        self._push_value(self._exact(self._length()))
+        self._push_depth(0)
 
     def _unicode(self) -> None:
-        self._push(self._decode(self.reader.read(self._length()), "utf-8"))
+        self._push_value(self._decode(self._exact(self._length()), "utf-8"))
+        self._push_depth(0)
 
     def _py2string(self) -> None:
-        data = self.reader.read(self._length())
-        self._push(self._decode(data, "latin-1") if self.py2str_as_py3str else data)
+        data = self._exact(self._length())
+        self._push_value(self._decode(data, "latin-1") if self.py2str_as_py3str else data)
+        self._push_depth(0)
 
     def _py3string(self) -> None:
-        data = self.reader.read(self._length())
-        self._push(data if self.py3str_as_py2str else self._decode(data, "utf-8"))
+        data = self._exact(self._length())
+        self._push_value(data if self.py3str_as_py2str else self._decode(data, "utf-8"))
+        self._push_depth(0)
 
     def _newlist(self) -> None:
         n = self._length()
@@ -384,10 +411,11 @@ class Unserializer:
             raise LoadError(f"bad set item: {e}") from None
 
     def _channel(self) -> None:
-        (channelid,) = _int32.unpack(self.reader.read(4))
+        (channelid,) = _int32.unpack(self._exact(4))
         if self.channel_or_gateway is None:
             raise LoadError("can't load a channel reference without a gateway")
-        self._push(_channelfactory_of(self.channel_or_gateway).new(channelid))
+        self._push_value(_channelfactory_of(self.channel_or_gateway).new(channelid))
+        self._push_depth(0)
 
     def _stop(self) -> None:  # never called: load() stops on it
         raise AssertionError
