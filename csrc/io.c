@@ -18,8 +18,9 @@
 #define MSG_DATA 4
 #define MSG_MAX 7
 #define CODE_END (-1)
-/* The IO thread checks this often whether getters still read. */
+/* The IO thread checks this often (at first) whether getters still read. */
 #define PARK_NS 1000000LL
+#define PARK_MAX_NS 50000000LL
 #define DEFAULT_SPIN_US 20
 enum { END_EOF, END_OS, END_PROTOCOL };
 #define PIPE_SIZE (1024 * 1024)
@@ -746,14 +747,19 @@ reader_main(void *arg)
     PyObject *exc = NULL;
 
     for (;;) {
-        /* step aside while getters read for themselves */
+        /* Step aside while getters read for themselves, looking again after
+         * 1 ms, 2 ms, ... 50 ms: soon after they stop, rarely while they
+         * wait long (a worker waiting for its next command). */
+        int64_t park_ns = PARK_NS;
         pthread_mutex_lock(&c->state_lock);
         while (c->getters > 0 && !c->handoff && !c->read_ended) {
             struct timespec ts;
-            int64_t until = xn_monotonic_ns() + PARK_NS;
+            int64_t until = xn_monotonic_ns() + park_ns;
             ts.tv_sec = until / 1000000000LL;
             ts.tv_nsec = until % 1000000000LL;
             pthread_cond_timedwait(&c->io_cond, &c->state_lock, &ts);
+            if (park_ns < PARK_MAX_NS)
+                park_ns *= 2;
         }
         c->handoff = 0;
         pthread_mutex_unlock(&c->state_lock);
