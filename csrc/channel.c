@@ -241,6 +241,9 @@ queue_take(xn_queue *q, PyObject *timeout, xn_item **out)
             seconds = 0;
         deadline = xn_monotonic_ns() + (int64_t)(seconds * 1e9);
     }
+    if (q->connection != NULL)
+        __atomic_store_n(&((xn_connection *)q->connection)->last_get_ns, xn_monotonic_ns(),
+                         __ATOMIC_RELAXED);
     /* without waiting first, if there is something */
     pthread_mutex_lock(q->lock);
     int got = pop_item(q, out);
@@ -250,6 +253,12 @@ queue_take(xn_queue *q, PyObject *timeout, xn_item **out)
         return 1;
     if (ended)
         return 0;
+    if (q->connection != NULL) {
+        /* our requests must be out before we wait for the answers */
+        Py_BEGIN_ALLOW_THREADS
+        xn_connection_flush((xn_connection *)q->connection);
+        Py_END_ALLOW_THREADS
+    }
     for (;;) {
         int64_t slice_end = xn_monotonic_ns() + SIGNAL_CHECK_NS;
         if (deadline >= 0 && deadline < slice_end)

@@ -282,10 +282,16 @@ typedef struct {
     /* the IO thread */
     int reader_started;
     int reader_running;
-    /* writing: one writer at a time, the others append to unwritten */
+    /* writing: one writer at a time, the others append to unwritten;
+     * closely following sends are batched there for the flusher thread */
     pthread_mutex_t write_lock;
     int writing, write_failed, write_closed;
     xn_buffer unwritten;
+    int64_t last_send_ns;
+    int64_t last_get_ns; /* when a receiver last asked (atomic) */
+    pthread_t flusher;
+    pthread_cond_t flush_cond;
+    int flusher_started, flusher_idle, flusher_stop;
 } xn_connection;
 
 /* Drops q from c's table (called by a dying queue; GIL held). */
@@ -294,6 +300,10 @@ void xn_connection_forget_queue(xn_connection *c, xn_queue *q);
 /* A getter's turn at reading c (read_lock held, no GIL): parse what is
  * buffered, else wait until deadline_ns for more and parse it. */
 void xn_connection_read_for_getter(xn_connection *c, int64_t deadline_ns);
+
+/* Writes what was batched for sending now, unless another thread is
+ * writing (no GIL needed). */
+void xn_connection_flush(xn_connection *c);
 
 /* Returns CLOCK_MONOTONIC in nanoseconds. */
 int64_t xn_monotonic_ns(void);

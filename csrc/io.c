@@ -24,6 +24,9 @@
 #define DEFAULT_SPIN_US 20
 enum { END_EOF, END_OS, END_PROTOCOL };
 #define PIPE_SIZE (1024 * 1024)
+/* Sends closer together than this are batched, up to BATCH_BYTES. */
+#define STREAM_NS 10000LL
+#define BATCH_BYTES (64 * 1024)
 
 /* ------------------------------------------------------------------ */
 /* the channel table: id -> queue, open addressing                      */
@@ -217,38 +220,14 @@ write_pieces(int fd, const xn_piece *pieces, Py_ssize_t count)
     return 0;
 }
 
-/* Hand one complete message (count pieces) to the connection: written at
- * once if nobody is writing, else appended for the thread that is, so that
- * messages never interleave. Returns 0, or -1 with an exception set. */
+/* Write what others appended to unwritten while this thread writes, then
+ * stop being the writer (write_lock not held, no GIL). err is the result
+ * of this thread's own write so far. Returns the final error (0: none). */
 static int
-write_message(void *ctx, const xn_piece *pieces, Py_ssize_t count)
+finish_writing(xn_connection *c, int err)
 {
-    xn_connection *c = ctx;
-    int err = 0;
-    pthread_mutex_lock(&c->write_lock);
-    if (c->write_failed || c->write_closed) {
-        pthread_mutex_unlock(&c->write_lock);
-        goto failed;
-    }
-    if (c->writing) {
-        int ok = 1;
-        for (Py_ssize_t i = 0; i < count && ok; i++)
-            ok = buffer_append(&c->unwritten, pieces[i].data, pieces[i].size) == 0;
-        pthread_mutex_unlock(&c->write_lock);
-        if (!ok) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        return 0;
-    }
-    c->writing = 1;
-    pthread_mutex_unlock(&c->write_lock);
-
     xn_buffer spare = {0};
-    Py_BEGIN_ALLOW_THREADS
-    err = write_pieces(c->wfd, pieces, count);
     pthread_mutex_lock(&c->write_lock);
-    /* flush what other threads appended meanwhile */
     while (err == 0 && c->unwritten.size > 0) {
         xn_buffer batch = c->unwritten;
         c->unwritten = spare;
@@ -269,8 +248,120 @@ write_message(void *ctx, const xn_piece *pieces, Py_ssize_t count)
         c->wfd = -1;
     }
     pthread_mutex_unlock(&c->write_lock);
-    Py_END_ALLOW_THREADS
     buffer_free(&spare);
+    return err;
+}
+
+/* The flusher thread: writes what streaming senders batched, soon after
+ * they batched it. Touches no Python object. */
+static void *
+flusher_main(void *arg)
+{
+    xn_connection *c = arg;
+    pthread_mutex_lock(&c->write_lock);
+    while (!c->flusher_stop) {
+        if (c->unwritten.size > 0 && !c->writing) {
+            c->writing = 1;
+            pthread_mutex_unlock(&c->write_lock);
+            finish_writing(c, 0);
+            pthread_mutex_lock(&c->write_lock);
+            continue;
+        }
+        c->flusher_idle = 1;
+        pthread_cond_wait(&c->flush_cond, &c->write_lock);
+        c->flusher_idle = 0;
+    }
+    pthread_mutex_unlock(&c->write_lock);
+    return NULL;
+}
+
+/* Make sure the flusher will write what was batched (write_lock held).
+ * Returns 0, or an errno value if it could not be started. */
+static int
+wake_flusher(xn_connection *c)
+{
+    if (!c->flusher_started) {
+        int rc = pthread_create(&c->flusher, NULL, flusher_main, c);
+        if (rc != 0)
+            return rc;
+        c->flusher_started = 1;
+    }
+    else if (c->flusher_idle) {
+        pthread_cond_signal(&c->flush_cond);
+    }
+    return 0;
+}
+
+/* Write what streaming senders batched now, unless another thread is
+ * writing (and so will). Called before a thread waits for data, so that
+ * a request is never kept back from the peer whose answer it awaits.
+ * No GIL needed. */
+void
+xn_connection_flush(xn_connection *c)
+{
+    pthread_mutex_lock(&c->write_lock);
+    if (c->writing || c->unwritten.size == 0 || c->write_failed || c->write_closed) {
+        pthread_mutex_unlock(&c->write_lock);
+        return;
+    }
+    c->writing = 1;
+    pthread_mutex_unlock(&c->write_lock);
+    finish_writing(c, 0);
+}
+
+/* Hand one complete message (count pieces) to the connection, so that
+ * messages never interleave: written at once, or appended for the thread
+ * that is writing, or, when sends follow each other closely, batched for
+ * the flusher thread (one write for many messages). Returns 0, or -1 with
+ * an exception set. */
+static int
+write_message(void *ctx, const xn_piece *pieces, Py_ssize_t count)
+{
+    xn_connection *c = ctx;
+    int err = 0;
+    pthread_mutex_lock(&c->write_lock);
+    if (c->write_failed || c->write_closed) {
+        pthread_mutex_unlock(&c->write_lock);
+        goto failed;
+    }
+    /* a send that closely follows another with no receive between them:
+     * a stream (a receive in between: a conversation, written at once) */
+    int64_t now = xn_monotonic_ns();
+    int streaming = now - c->last_send_ns < STREAM_NS &&
+                    __atomic_load_n(&c->last_get_ns, __ATOMIC_RELAXED) < c->last_send_ns;
+    c->last_send_ns = now;
+    if (c->writing || (streaming && c->unwritten.size < BATCH_BYTES)) {
+        int ok = 1;
+        for (Py_ssize_t i = 0; i < count && ok; i++)
+            ok = buffer_append(&c->unwritten, pieces[i].data, pieces[i].size) == 0;
+        int rc = ok && !c->writing ? wake_flusher(c) : 0;
+        pthread_mutex_unlock(&c->write_lock);
+        if (!ok) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (rc != 0) {
+            errno = rc;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        return 0;
+    }
+    c->writing = 1;
+    xn_buffer earlier = c->unwritten; /* batched before us: goes first */
+    c->unwritten = (xn_buffer){0};
+    pthread_mutex_unlock(&c->write_lock);
+
+    Py_BEGIN_ALLOW_THREADS
+    if (earlier.size > 0) {
+        xn_piece piece = {earlier.data, earlier.size};
+        err = write_pieces(c->wfd, &piece, 1);
+    }
+    if (err == 0)
+        err = write_pieces(c->wfd, pieces, count);
+    err = finish_writing(c, err);
+    Py_END_ALLOW_THREADS
+    buffer_free(&earlier);
     if (err == 0)
         return 0;
 failed:
@@ -360,6 +451,8 @@ done:
 static PyObject *
 conn_close_write(xn_connection *c, PyObject *Py_UNUSED(ignored))
 {
+    Py_BEGIN_ALLOW_THREADS
+    xn_connection_flush(c); /* what was batched goes first */
     pthread_mutex_lock(&c->write_lock);
     c->write_closed = 1;
     if (!c->writing && c->wfd >= 0) {
@@ -367,6 +460,7 @@ conn_close_write(xn_connection *c, PyObject *Py_UNUSED(ignored))
         c->wfd = -1;
     }
     pthread_mutex_unlock(&c->write_lock);
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
@@ -937,6 +1031,7 @@ init_sync(xn_connection *c)
     ok = ok && pthread_mutex_init(&c->state_lock, NULL) == 0;
     ok = ok && pthread_cond_init(&c->get_cond, &attr) == 0;
     ok = ok && pthread_cond_init(&c->io_cond, &attr) == 0;
+    ok = ok && pthread_cond_init(&c->flush_cond, NULL) == 0;
     pthread_condattr_destroy(&attr);
     if (!ok)
         return -1; /* (a partial set leaks, on a failure that does not happen) */
@@ -1001,7 +1096,17 @@ conn_dealloc(xn_connection *c)
     PyTypeObject *tp = Py_TYPE(c);
     PyObject_GC_UnTrack(c);
     conn_clear(c);
-    /* the IO thread holds a reference while it runs: it is done here */
+    /* the IO thread holds a reference while it runs: it is done here; the
+     * flusher touches no Python object and is stopped here */
+    if (c->flusher_started) {
+        pthread_mutex_lock(&c->write_lock);
+        c->flusher_stop = 1;
+        pthread_cond_signal(&c->flush_cond);
+        pthread_mutex_unlock(&c->write_lock);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(c->flusher, NULL);
+        Py_END_ALLOW_THREADS
+    }
     if (c->rfd >= 0)
         close(c->rfd);
     if (c->wfd >= 0)
@@ -1017,6 +1122,7 @@ conn_dealloc(xn_connection *c)
         pthread_mutex_destroy(&c->state_lock);
         pthread_cond_destroy(&c->get_cond);
         pthread_cond_destroy(&c->io_cond);
+        pthread_cond_destroy(&c->flush_cond);
     }
     tp->tp_free(c);
     Py_DECREF(tp);

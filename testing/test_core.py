@@ -405,3 +405,42 @@ def test_receiver_timeout_then_data(gw):
     channel.send("late")
     assert channel.receive(TIMEOUT) == "late"
     channel.waitclose(TIMEOUT)
+
+
+def test_streamed_sends_arrive_without_a_receive(gw):
+    # a burst of sends is batched; it must go out even though the sender
+    # then waits for something other than a channel (nothing flushes then)
+    channel = gw.remote_exec(
+        """
+        import threading
+        done = threading.Event()
+        channel.receive().setcallback(lambda item: done.set())
+        for i in range(1000):
+            channel.send(i)
+        done.wait(30)
+        """
+    )
+    control = gw.newchannel()
+    channel.send(control)
+    # well before the sender's wait ends
+    assert [channel.receive(10) for _ in range(1000)] == list(range(1000))
+    control.send("done")
+    channel.waitclose(TIMEOUT)
+
+
+def test_batched_sends_keep_their_order_with_closes(gw):
+    channel = gw.remote_exec(
+        """
+        subs = [channel.gateway.newchannel() for _ in range(3)]
+        channel.send(subs)
+        for i in range(300):
+            for sub in subs:
+                sub.send(i)
+        for sub in subs:
+            sub.close()
+        """
+    )
+    subs = channel.receive(TIMEOUT)
+    for sub in subs:
+        assert list(sub) == list(range(300))
+    channel.waitclose(TIMEOUT)
