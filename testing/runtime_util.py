@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -33,6 +34,15 @@ def run_python(source: str, timeout: float = TIMEOUT, **kwargs) -> subprocess.Co
     )
 
 
+def wait_until_sleeping(pid: int) -> None:
+    """Wait until the process's main thread blocks (Linux; elsewhere: return)."""
+    stat = f"/proc/{pid}/stat"
+    if not os.path.exists(stat):
+        return
+    # the state follows the parenthesized command name
+    wait_for(lambda: open(stat).read().rpartition(")")[2].split()[0] == "S")
+
+
 def interrupt_when_ready(source: str, cwd) -> tuple[bytes, bytes, int]:
     """Run source in a fresh interpreter started in cwd (not our checkout,
     whose sources would shadow the installed package); once it prints
@@ -45,6 +55,7 @@ def interrupt_when_ready(source: str, cwd) -> tuple[bytes, bytes, int]:
     )
     try:
         assert proc.stdout.readline() == b"ready\n"
+        wait_until_sleeping(proc.pid)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:

@@ -119,8 +119,8 @@ def test_queue_get_interrupted_by_sigint(tmp_path):
         """
         import execnet.gateway_base as base, execnet._execnet as core
         q = core.ItemQueue(base.ENDMARKER)
-        print("ready", flush=True)
         try:
+            print("ready", flush=True)
             q.get(None, None)
         except KeyboardInterrupt:
             print("interrupted")
