@@ -1762,11 +1762,15 @@ def init_popen_io(execmodel) -> Popen2IO:
         sys.stdin = tempfile.TemporaryFile("r")
         sys.stdout = tempfile.TemporaryFile("w")
         return io
+    # Green models read and write through their cooperative file objects:
+    # binary ones, whose read() is the cooperative one (a text file's
+    # .buffer would block every greenlet).
+    binary = execmodel.backend not in _THREAD_BACKENDS
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        infile = execmodel.fdopen(os.dup(0), "r", 1)
+        infile = execmodel.fdopen(os.dup(0), "rb" if binary else "r", -1 if binary else 1)
         os.dup2(devnull, 0)
-        outfile = execmodel.fdopen(os.dup(1), "w", 1)
+        outfile = execmodel.fdopen(os.dup(1), "wb" if binary else "w", -1 if binary else 1)
         os.dup2(devnull, 1)
         if sys.platform == "win32":
             sys.stderr = execmodel.fdopen(os.dup(2), "w", 1)
@@ -1781,8 +1785,10 @@ def init_popen_io(execmodel) -> Popen2IO:
                 msvcrt.setmode(fd, os.O_BINARY)
             except (OSError, ValueError):
                 pass
-    sys.stdin = execmodel.fdopen(0, "r", 1, closefd=False)
-    sys.stdout = execmodel.fdopen(1, "w", 1, closefd=False)
+    # (plain files: they only reach the null device, and a green model's
+    # would complain at exit)
+    sys.stdin = os.fdopen(0, "r", 1, encoding="utf-8", closefd=False)
+    sys.stdout = os.fdopen(1, "w", 1, encoding="utf-8", closefd=False)
     return Popen2IO(outfile, infile, execmodel)
 
 

@@ -553,3 +553,16 @@ def test_debug_to_stderr(group, monkeypatch, capfd):
     err = capfd.readouterr().err
     assert f"[{pid}] creating workergateway" in err
     assert f"[{pid}] gw0-worker [serve] integrating as primary thread" in err
+
+
+@pytest.mark.parametrize("name", ["eventlet", "gevent"])
+def test_green_worker_runs_tasks(group, name):
+    pytest.importorskip(name)
+    gw = group.makegateway(f"popen//execmodel={name}")
+    waiting = gw.remote_exec("channel.send(channel.receive() * 2)")
+    # a second task runs while the first waits: greenlets, not a blocked worker
+    status = gw.remote_exec("channel.send(channel.gateway.execmodel.backend)")
+    assert status.receive(TIMEOUT) == name
+    waiting.send(21)
+    assert waiting.receive(TIMEOUT) == 42
+    waiting.waitclose(TIMEOUT)
