@@ -275,21 +275,14 @@ flusher_main(void *arg)
     return NULL;
 }
 
-/* Make sure the flusher will write what was batched (write_lock held).
- * Returns 0, or an errno value if it could not be started. */
+/* Returns 1 if the flusher thread runs (started now if need be), else 0
+ * (write_lock held). */
 static int
-wake_flusher(xn_connection *c)
+have_flusher(xn_connection *c)
 {
-    if (!c->flusher_started) {
-        int rc = pthread_create(&c->flusher, NULL, flusher_main, c);
-        if (rc != 0)
-            return rc;
+    if (!c->flusher_started && pthread_create(&c->flusher, NULL, flusher_main, c) == 0)
         c->flusher_started = 1;
-    }
-    else if (c->flusher_idle) {
-        pthread_cond_signal(&c->flush_cond);
-    }
-    return 0;
+    return c->flusher_started;
 }
 
 /* Write what streaming senders batched now, unless another thread is
@@ -330,19 +323,18 @@ write_message(void *ctx, const xn_piece *pieces, Py_ssize_t count)
     int streaming = now - c->last_send_ns < STREAM_NS &&
                     __atomic_load_n(&c->last_get_ns, __ATOMIC_RELAXED) < c->last_send_ns;
     c->last_send_ns = now;
-    if (c->writing || (streaming && c->unwritten.size < BATCH_BYTES)) {
+    if (c->writing || (streaming && c->unwritten.size < BATCH_BYTES && have_flusher(c))) {
+        Py_ssize_t before = c->unwritten.size;
         int ok = 1;
         for (Py_ssize_t i = 0; i < count && ok; i++)
             ok = buffer_append(&c->unwritten, pieces[i].data, pieces[i].size) == 0;
-        int rc = ok && !c->writing ? wake_flusher(c) : 0;
+        if (!ok)
+            c->unwritten.size = before; /* no partial message */
+        else if (!c->writing && c->flusher_idle)
+            pthread_cond_signal(&c->flush_cond);
         pthread_mutex_unlock(&c->write_lock);
         if (!ok) {
             PyErr_NoMemory();
-            return -1;
-        }
-        if (rc != 0) {
-            errno = rc;
-            PyErr_SetFromErrno(PyExc_OSError);
             return -1;
         }
         return 0;
