@@ -10,6 +10,7 @@ import time
 import pytest
 from runtime_util import TIMEOUT
 from runtime_util import interrupt_when_ready
+from runtime_util import wait_for
 
 import execnet
 from execnet import gateway_base
@@ -204,9 +205,7 @@ def test_connection_routes_data_to_queue_and_rest_to_python(peer):
     peer.send(frame(4, 3, b"F\x00\x00\x00\x01Q") + frame(5, 3, b"") + frame(4, 9, b"LQ"))
     assert q.get(TIMEOUT, None) == 1
     # a frame for a channel without queue, and other messages: to Python
-    deadline = time.monotonic() + TIMEOUT
-    while len(peer.frames) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: len(peer.frames) >= 2)
     assert peer.frames == [(5, 3, b""), (4, 9, b"LQ")]
 
 
