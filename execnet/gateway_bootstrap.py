@@ -92,6 +92,10 @@ def bootstrap_exec(io, spec) -> None:
         # its receiver ends at once
 
 
+# seconds a socket server may take to acknowledge the worker source
+BOOTSTRAP_TIMEOUT = 60.0
+
+
 def bootstrap_socket(io, spec) -> None:
     """Ship the portable core to a socket server (uses its execmodel)."""
     sendexec(
@@ -102,6 +106,11 @@ def bootstrap_socket(io, spec) -> None:
         "    def __init__(self, sock, execmodel):",
         "        self.sock = sock",
         "        self.execmodel = execmodel",
+        "        try:",
+        "            sock.setsockopt(socket.SOL_IP, socket.IP_TOS, 0x10)",
+        "            sock.setsockopt(socket.SOL_TCP, socket.TCP_NODELAY, 1)",
+        "        except (AttributeError, OSError):",
+        "            sys.stderr.write('WARNING: cannot set socketoption')",
         "    def read(self, numbytes):",
         "        parts = []",
         "        missing = numbytes",
@@ -133,11 +142,31 @@ def bootstrap_socket(io, spec) -> None:
         "    execmodel",
         "except NameError:",
         "    execmodel = get_execmodel('thread')",
+        # The server process is shared with other clients: a task that does
+        # not end is left running instead of interrupting the whole process.
+        "class SocketWorkerGateway(WorkerGateway):",
+        "    def _terminate_execution(self):",
+        "        self._execpool.trigger_shutdown()",
+        "        if not self._execpool.waitall(5.0):",
+        "            self._trace('execution ongoing after 5 secs, left running')",
         "io = SocketIO(clientsock, execmodel)",
         "io.write(b'1')",
-        f"serve(io, id={str(spec) + '-worker'!r})",
+        f"SocketWorkerGateway(io, {str(spec) + '-worker'!r}, _startcount=2).serve()",
     )
-    _check_ack(io)
+    sock = getattr(io, "sock", None)
+    if sock is not None:
+        # a peer that is no socket server must not keep us waiting forever
+        sock.settimeout(BOOTSTRAP_TIMEOUT)
+    try:
+        _check_ack(io)
+    except (EOFError, OSError) as exc:
+        _discard(io)
+        if sock is not None:
+            sock.close()
+        address = getattr(io, "remoteaddress", "?")
+        raise EOFError(f"socket server {address} did not start the worker: {exc!r}") from exc
+    if sock is not None:
+        sock.settimeout(None)
 
 
 def bootstrap(io, spec) -> Gateway:

@@ -13,6 +13,7 @@ class SocketIO:
     def __init__(self, sock, execmodel) -> None:
         self.sock = sock
         self.execmodel = execmodel
+        self._closed: set = set()
         socket = execmodel.socket
         try:
             # IPTOS_LOWDELAY
@@ -42,12 +43,23 @@ class SocketIO:
             self.sock.shutdown(self.execmodel.socket.SHUT_RD)
         except OSError:
             pass
+        self._closed_one("read")
 
     def close_write(self) -> None:
         try:
             self.sock.shutdown(self.execmodel.socket.SHUT_WR)
         except OSError:
             pass
+        self._closed_one("write")
+
+    def _closed_one(self, side: str) -> None:
+        """Release the socket once both directions are closed."""
+        self._closed.add(side)
+        if len(self._closed) == 2:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
 
     def wait(self) -> None:
         pass
@@ -57,8 +69,34 @@ class SocketIO:
 
 
 def start_via(gateway, hostport=None):
-    """Start a one-connection socket server on gateway's worker."""
-    raise NotImplementedError("socket//installvia= gateways are not implemented yet")
+    """Start a one-connection socket server on gateway's worker; return the
+    (host, port) it listens on."""
+    from .script import socketserver
+
+    if hostport is None:
+        hostport = ("localhost", 0)
+    channel = gateway.remote_exec(socketserver)
+    channel.send(hostport)
+    host, port = channel.receive()
+    if not host or host == "0.0.0.0":
+        host = "localhost"
+    return host, port
+
+
+# how long connecting may take before it counts as failed (seconds)
+CONNECT_TIMEOUT = 10.0
+
+
+def _naming_address(exc: OSError, address: str) -> OSError:
+    """exc again, of the same class, with a message naming the address."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    text = f"cannot connect to socket server {address}: {reason}"
+    try:
+        if exc.errno is not None:
+            return type(exc)(exc.errno, text)
+        return type(exc)(text)
+    except Exception:
+        return exc
 
 
 def create_io(spec, group, execmodel) -> SocketIO:
@@ -74,11 +112,16 @@ def create_io(spec, group, execmodel) -> SocketIO:
     io = SocketIO(sock, execmodel)
     io.remoteaddress = "%s:%d" % (host, port)
     try:
+        sock.settimeout(CONNECT_TIMEOUT)
         sock.connect((host, port))
+        sock.settimeout(None)
     except socket.gaierror:
         sock.close()
         raise HostNotFound() from None
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        new = _naming_address(exc, io.remoteaddress)
+        if new is exc:
+            raise
+        raise new from exc
     return io

@@ -1,0 +1,494 @@
+"""Socket gateways and the socket server (XSPEC.md §7-8, WIRE.md §3.3)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from runtime_util import TIMEOUT
+
+import execnet
+from execnet import gateway_bootstrap
+from execnet.script import socketserver
+
+pytest_plugins = ["conftest_runtime"]
+
+SERVER_SCRIPT = socketserver.__file__
+ADDRESS_LINE = re.compile(r"Entering Accept loop \('([^']*)', (\d+)\)")
+
+
+class ServerProcess:
+    """A socket server subprocess whose output is read all the time (so it
+    never blocks on a full pipe) and kept for inspection."""
+
+    def __init__(self, command, cwd=None) -> None:
+        self.proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+        )
+        self.stdout_lines: queue.Queue = queue.Queue()
+        self.stdout: list = []
+        self.stderr: list = []
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout, True)),
+            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr, False)),
+        ]
+        for reader in self._readers:
+            reader.daemon = True
+            reader.start()
+        try:
+            self.host, self.port = self._read_address()
+        except BaseException:
+            self.stop()
+            raise
+        self.address = f"{self.host}:{self.port}"
+
+    def _drain(self, stream, lines, announce) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            lines.append(line)
+            if announce:
+                self.stdout_lines.put(line)
+        stream.close()
+        if announce:
+            self.stdout_lines.put(None)
+
+    def wait_for_line(self, pattern):
+        """The first match of pattern in a stdout line yet to be read."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                line = self.stdout_lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"server printed no line matching {pattern!r}")
+            if line is None:
+                pytest.fail(f"server ended without printing {pattern!r}: {self.stderr}")
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def _read_address(self):
+        match = self.wait_for_line(ADDRESS_LINE)
+        return match.group(1), int(match.group(2))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+        for reader in self._readers:
+            reader.join(TIMEOUT)
+
+
+def start_server(*args, cwd=None, module=True) -> ServerProcess:
+    if module:
+        command = [sys.executable, "-m", "execnet.script.socketserver", *args]
+    else:
+        command = [sys.executable, *args]
+    return ServerProcess(command, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One server for the module; the tests check it keeps serving."""
+    proc = start_server("127.0.0.1:0")
+    yield proc
+    assert proc.proc.poll() is None, "the server ended during the tests"
+    proc.stop()
+
+
+@pytest.fixture
+def own_server():
+    """A server for one test (which may stop or kill it)."""
+    started = []
+
+    def start(*args, **kwargs):
+        proc = start_server(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def unused_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def raw_client(server):
+    return socket.create_connection((server.host, server.port), timeout=TIMEOUT)
+
+
+def assert_closed_by_server(sock) -> None:
+    """The server drops the connection (it must not execute anything)."""
+    with sock:
+        assert sock.recv(100) == b""
+
+
+# --- the gateway -------------------------------------------------------------
+
+
+def test_remote_exec_and_channel(server, group):
+    gw = group.makegateway(f"socket={server.address}")
+    assert gw.id == "gw0"
+    assert gw.remoteaddress == server.address
+    assert repr(gw) == "<Gateway id='gw0' receive-live, thread model, 0 active channels>"
+    channel = gw.remote_exec(
+        "import os\n"
+        "channel.send(os.getpid())\n"
+        "for item in channel:\n"
+        "    channel.send(item * 2)\n"
+    )
+    assert channel.receive(TIMEOUT) == server.proc.pid
+    for value in (1, "ab", [1, 2.5, None], b"\x00\xff" * 1000):
+        channel.send(value)
+        assert channel.receive(TIMEOUT) == value * 2
+    channel.close()
+    channel.waitclose(TIMEOUT)
+
+
+def test_large_messages(server, group):
+    gw = group.makegateway(f"socket={server.address}")
+    channel = gw.remote_exec("channel.send(channel.receive())")
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    channel.send(data)
+    assert channel.receive(TIMEOUT) == data
+    channel.waitclose(TIMEOUT)
+
+
+def test_remote_errors(server, group):
+    gw = group.makegateway(f"socket={server.address}")
+    channel = gw.remote_exec("raise ValueError('boom')")
+    with pytest.raises(execnet.RemoteError, match="ValueError: boom"):
+        channel.waitclose(TIMEOUT)
+    channel = gw.remote_exec(
+        "other = channel.gateway.newchannel()\n"
+        "channel.send(other)\n"
+        "other.close('closed with a reason')\n"
+    )
+    other = channel.receive(TIMEOUT)
+    with pytest.raises(execnet.RemoteError, match="closed with a reason"):
+        other.receive(TIMEOUT)
+    channel.waitclose(TIMEOUT)
+    # and the other way round: the worker sees our error
+    channel = gw.remote_exec(
+        "other = channel.receive()\n"
+        "try:\n"
+        "    other.receive()\n"
+        "except Exception as exc:\n"
+        "    channel.send('%s: %s' % (type(exc).__name__, exc))\n"
+    )
+    mine = gw.newchannel()
+    channel.send(mine)
+    mine.close("master says no")
+    assert channel.receive(TIMEOUT) == "RemoteError: master says no"
+    channel.waitclose(TIMEOUT)
+    # the worker serves on
+    assert gw.remote_exec("channel.send(42)").receive(TIMEOUT) == 42
+
+
+def test_remote_status_and_rinfo(server, group):
+    gw = group.makegateway(f"socket={server.address}//id=sock1")
+    assert gw.id == "sock1"
+    status = gw.remote_status()
+    assert status
+    assert status.execmodel == "thread"
+    assert status.numexecuting == 0
+    channel = gw.remote_exec("channel.receive()")
+    assert gw.remote_status().numexecuting == 1
+    channel.send(None)
+    channel.waitclose(TIMEOUT)
+    rinfo = gw._rinfo()
+    assert rinfo.pid == server.proc.pid
+    assert rinfo.executable == sys.executable
+    assert rinfo.version_info == tuple(sys.version_info)
+
+
+def test_worker_runs_server_execmodel_and_id(server, group):
+    spec = f"socket={server.address}//id=sock2//execmodel=main_thread_only"
+    gw = group.makegateway(spec)
+    channel = gw.remote_exec(
+        "channel.send((channel.gateway.execmodel.backend, channel.gateway.id))"
+    )
+    assert channel.receive(TIMEOUT) == ("thread", execnet.XSpec(spec)._spec + "-worker")
+
+
+def test_chdir_and_env(server, group, tmp_path):
+    gw = group.makegateway(f"socket={server.address}//env:EXECNET_SOCKTEST=7")
+    channel = gw.remote_exec("import os; channel.send(os.environ['EXECNET_SOCKTEST'])")
+    assert channel.receive(TIMEOUT) == "7"
+
+
+def test_two_gateways_served_at_once(server, group):
+    first = group.makegateway(f"socket={server.address}")
+    waiting = first.remote_exec("channel.send(channel.receive() + 1)")
+    # a server serving one client at a time would never acknowledge this one
+    second = group.makegateway(f"socket={server.address}")
+    echo = second.remote_exec("channel.send(channel.receive() * 10)")
+    echo.send(5)
+    assert echo.receive(TIMEOUT) == 50
+    waiting.send(1)
+    assert waiting.receive(TIMEOUT) == 2
+    pids = [gw.remote_exec("import os; channel.send(os.getpid())").receive(TIMEOUT)
+            for gw in (first, second)]
+    assert pids == [server.proc.pid] * 2
+
+
+def test_many_gateways_block_on_each_other(server, group):
+    """Each worker waits for the next one's value: all are served at once."""
+    count = 4
+    gateways = []
+    errors = []
+
+    def make():
+        try:
+            gateways.append(group.makegateway(f"socket={server.address}"))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not errors and len(gateways) == count
+    channels = [gw.remote_exec("channel.send(channel.receive() + 1)") for gw in gateways]
+    value = 0
+    # all tasks are blocked in receive now; feed them in reverse order
+    for channel in reversed(channels):
+        channel.send(value)
+        value = channel.receive(TIMEOUT)
+    assert value == count
+    for channel in channels:
+        channel.waitclose(TIMEOUT)
+
+
+def test_exit_and_terminate_leave_server_serving(server, group):
+    gw = group.makegateway(f"socket={server.address}")
+    channel = gw.remote_exec("channel.receive()")
+    gw.exit()
+    with pytest.raises(EOFError):
+        channel.waitclose(TIMEOUT)
+    gw2 = group.makegateway(f"socket={server.address}")
+    gw2.remote_exec("channel.receive()")
+    group.terminate(timeout=TIMEOUT)
+    assert not group
+    assert server.proc.poll() is None
+    gw3 = group.makegateway(f"socket={server.address}")
+    assert gw3.remote_exec("channel.send(3)").receive(TIMEOUT) == 3
+
+
+def test_server_death_is_eof(own_server, group):
+    proc = own_server("127.0.0.1:0")
+    gw = group.makegateway(f"socket={proc.address}")
+    channel = gw.remote_exec("channel.receive()")
+    assert gw.remote_status().numexecuting == 1
+    proc.proc.kill()
+    with pytest.raises(EOFError):
+        channel.waitclose(TIMEOUT)
+    gw.join(TIMEOUT)
+    assert not gw._receiving()
+    assert isinstance(gw._error, EOFError)
+
+
+# --- bad clients --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"this is ( not python\n",
+        b"12345\n",  # evaluates, but not to source text
+        b"'unfinished string\n",
+        b"\xff\xfe\n",
+        b"'half a line without its end",  # then the client goes away
+        b"",  # connects and goes away
+        b"'raise ValueError(42)'\n",  # source that fails
+        b"'x = (1,'\n",  # source that does not compile
+    ],
+)
+def test_bad_client_is_dropped(server, group, data):
+    sock = raw_client(server)
+    if data:
+        sock.sendall(data)
+    if not data.endswith(b"\n"):
+        sock.shutdown(socket.SHUT_WR)
+    assert_closed_by_server(sock)
+    gw = group.makegateway(f"socket={server.address}")
+    assert gw.remote_exec("channel.send(1)").receive(TIMEOUT) == 1
+
+
+def test_bad_client_reported_on_stderr(own_server):
+    proc = own_server("127.0.0.1:0")
+    assert_closed_by_server_after(proc, b"garbage (\n")
+    proc.stop()
+    assert any("dropped client" in line for line in proc.stderr), proc.stderr
+
+
+def assert_closed_by_server_after(proc, data) -> None:
+    sock = raw_client(proc)
+    sock.sendall(data)
+    assert_closed_by_server(sock)
+
+
+def test_silent_client_does_not_block_others(server, group):
+    with raw_client(server) as silent:
+        silent.sendall(b"'still typing")
+        gw = group.makegateway(f"socket={server.address}")
+        assert gw.remote_exec("channel.send(1)").receive(TIMEOUT) == 1
+
+
+def test_line_rest_stays_on_the_socket(server):
+    """Bytes after the line are left for the executed code to read."""
+    with raw_client(server) as sock:
+        source = "clientsock.sendall(clientsock.recv(5) + repr(sorted(globals())).encode())"
+        sock.sendall(repr(source).encode() + b"\nhello")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                break
+            received += data
+    assert received == b"hello['__builtins__', 'address', 'clientsock', 'execmodel']"
+
+
+# --- connecting fails -----------------------------------------------------------
+
+
+def test_wrong_port_fails_quickly(group):
+    port = unused_port()
+    start = time.monotonic()
+    with pytest.raises(ConnectionRefusedError, match=f"127.0.0.1:{port}"):
+        group.makegateway(f"socket=127.0.0.1:{port}")
+    assert time.monotonic() - start < TIMEOUT
+    assert not group
+
+
+def test_unknown_host(group):
+    start = time.monotonic()
+    with pytest.raises(execnet.HostNotFound):
+        group.makegateway("socket=qwepoipqwe.invalid:9000")
+    assert time.monotonic() - start < TIMEOUT
+    assert execnet.HostNotFound is gateway_bootstrap.HostNotFound
+    assert not group
+
+
+def test_bad_spec(group):
+    with pytest.raises(ValueError):
+        group.makegateway("socket=127.0.0.1")
+    with pytest.raises(ValueError):
+        group.makegateway("socket=127.0.0.1:notaport")
+
+
+def test_peer_that_is_no_server(group):
+    """A peer that closes without acknowledging gives a clear error."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def refuse():
+            conn, _ = listener.accept()
+            conn.close()
+
+        thread = threading.Thread(target=refuse, daemon=True)
+        thread.start()
+        with pytest.raises(EOFError, match=f"127.0.0.1:{port}"):
+            group.makegateway(f"socket=127.0.0.1:{port}")
+        thread.join(TIMEOUT)
+    assert not group
+
+
+# --- server modes -----------------------------------------------------------------
+
+
+def test_server_as_script_without_execnet(own_server, group, tmp_path):
+    """The file runs alone (python -S: execnet is not importable)."""
+    proc = own_server("-S", SERVER_SCRIPT, "127.0.0.1:0", module=False, cwd=str(tmp_path))
+    gw = group.makegateway(f"socket={proc.address}")
+    channel = gw.remote_exec(
+        "import os, sys\n"
+        "channel.send((os.getcwd(), 'execnet' in sys.modules, channel.gateway.execmodel.backend))"
+    )
+    assert channel.receive(TIMEOUT) == (str(tmp_path), False, "thread")
+    assert gw.remote_status().numchannels >= 0
+
+
+def test_server_changes_back_to_its_directory(own_server, group, tmp_path):
+    proc = own_server("127.0.0.1:0", cwd=str(tmp_path))
+    (tmp_path / "sub").mkdir()
+    gw = group.makegateway(f"socket={proc.address}//chdir={tmp_path / 'sub'}")
+    assert gw._rinfo().cwd == str(tmp_path / "sub")
+    gw.exit()
+    gw.join(TIMEOUT)
+    proc.wait_for_line("finished executing code")
+    gw = group.makegateway(f"socket={proc.address}")
+    assert gw._rinfo().cwd == str(tmp_path)
+
+
+def test_quitserver(own_server):
+    from execnet.script import quitserver
+
+    proc = own_server("127.0.0.1:0")
+    quitserver.quit_server(proc.address)
+    assert proc.proc.wait(TIMEOUT) == 0
+    proc.stop()
+    assert any("leaving socketserver execloop" in line for line in proc.stdout)
+
+
+def test_progress_lines(own_server, group):
+    proc = own_server("127.0.0.1:0")
+    gw = group.makegateway(f"socket={proc.address}")
+    proc.wait_for_line(r"got new connection from 127\.0\.0\.1 \d+")
+    proc.wait_for_line("reading line")
+    proc.wait_for_line("compiled source, executing")
+    gw.exit()
+    proc.wait_for_line("finished executing code")
+
+
+def test_installvia(group):
+    group.makegateway("popen//id=p1")
+    gw = group.makegateway("socket//installvia=p1//id=s1")
+    assert gw.id == "s1"
+    assert gw.remote_status()
+    popen_pid = group["p1"].remote_exec("import os; channel.send(os.getpid())").receive(TIMEOUT)
+    assert gw._rinfo().pid == popen_pid
+    host, port = gw.remoteaddress.split(":")
+    assert host in ("localhost", "127.0.0.1") and int(port) > 0
+    channel = gw.remote_exec("channel.send(channel.receive() * 2)")
+    channel.send(21)
+    assert channel.receive(TIMEOUT) == 42
+    group.terminate(timeout=TIMEOUT)
+    assert not group
+
+
+def test_unfinished_task_does_not_stop_server(own_server, group):
+    """A worker whose task outlives the gateway leaves it running (after
+    5 s) instead of interrupting the whole server process."""
+    proc = own_server("127.0.0.1:0")
+    gw = group.makegateway(f"socket={proc.address}")
+    gw.remote_exec("import threading; threading.Event().wait(60)")
+    start = time.monotonic()
+    group.terminate(timeout=TIMEOUT)
+    assert time.monotonic() - start < TIMEOUT
+    assert gw._error is None or isinstance(gw._error, EOFError)
+    assert proc.proc.poll() is None
+    gw = group.makegateway(f"socket={proc.address}")
+    assert gw.remote_exec("channel.send(5)").receive(TIMEOUT) == 5
