@@ -1525,9 +1525,13 @@ class BaseGateway:
             finally:
                 self._receiver_done.set()
             return
+        self._handle(Message(code, channelid, data))
+
+    def _handle(self, message: Message) -> None:
+        """Act on one received message (in the receiving thread)."""
         with self._receivelock:
             try:
-                Message._types[code][1](Message(code, channelid, data), self)
+                message.received(self)
             except EOFError as exc:
                 # the frame was complete: its payload is corrupt
                 raise DataFormatError(f"invalid message payload: {exc}") from exc
@@ -1556,16 +1560,10 @@ class BaseGateway:
     def _receive_messages(self) -> None:
         """Read and dispatch messages until GATEWAY_TERMINATE arrives."""
         io = self._io
-        receivelock = self._receivelock
         while True:
             message = Message.from_io(io)
             self._trace("[receiver-thread] received", message)
-            with receivelock:
-                try:
-                    message.received(self)
-                except EOFError as exc:
-                    # the frame was complete: its payload is corrupt
-                    raise DataFormatError(f"invalid message payload: {exc}") from exc
+            self._handle(message)
 
     def _thread_receiver(self) -> None:
         self._receiver_ident = self.execmodel.get_ident()
