@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import binascii
 import os
+import zlib
 
 import execnet
 
@@ -71,12 +73,35 @@ def portable_core_source() -> str:
     return _portable_source
 
 
+# What the remote needs to unpack a packed source: C modules only (base64
+# would import re, which costs a fresh interpreter milliseconds).
+_UNPACK = "import zlib,binascii;exec(zlib.decompress(binascii.a2b_base64(%r)))"
+
+# packed sources by name, made once per process
+_packed: dict[str, str] = {}
+
+
+def packed_source(name: str, make) -> str:
+    """One line of source that executes make()'s text, compressed.
+
+    The text is executed by exec() without explicit namespaces, so it runs
+    in the namespace of the code holding the line: the remote's __main__
+    module for popen/ssh, the socket server's fresh globals for socket.
+    """
+    line = _packed.get(name)
+    if line is None:
+        data = zlib.compress(make().encode("utf-8"), 9)
+        line = _UNPACK % binascii.b2a_base64(data, newline=False).decode("ascii")
+        _packed[name] = line
+    return line
+
+
 def bootstrap_exec(io, spec) -> None:
     """Ship the portable core itself (python=, ssh, vagrant_ssh, via)."""
     try:
         sendexec(
             io,
-            portable_core_source(),
+            packed_source("core", portable_core_source),
             f"execmodel = get_execmodel({spec.execmodel!r})",
             "io = init_popen_io(execmodel)",
             "io.write(b'1')",
@@ -96,59 +121,67 @@ def bootstrap_exec(io, spec) -> None:
 BOOTSTRAP_TIMEOUT = 60.0
 
 
+_SOCKET_WORKER = (
+    "import socket",
+    "class SocketIO:",
+    "    def __init__(self, sock, execmodel):",
+    "        self.sock = sock",
+    "        self.execmodel = execmodel",
+    "        try:",
+    "            sock.setsockopt(socket.SOL_IP, socket.IP_TOS, 0x10)",
+    "            sock.setsockopt(socket.SOL_TCP, socket.TCP_NODELAY, 1)",
+    "        except (AttributeError, OSError):",
+    "            sys.stderr.write('WARNING: cannot set socketoption')",
+    "    def read(self, numbytes):",
+    "        parts = []",
+    "        missing = numbytes",
+    "        while missing > 0:",
+    "            data = self.sock.recv(min(missing, 1 << 20))",
+    "            if not data:",
+    "                raise EOFError('expected %d bytes, got %d'"
+    " % (numbytes, numbytes - missing))",
+    "            parts.append(data)",
+    "            missing -= len(data)",
+    "        return b''.join(parts)",
+    "    def write(self, data):",
+    "        self.sock.sendall(data)",
+    "    def close_read(self):",
+    "        try:",
+    "            self.sock.shutdown(socket.SHUT_RD)",
+    "        except OSError:",
+    "            pass",
+    "    def close_write(self):",
+    "        try:",
+    "            self.sock.shutdown(socket.SHUT_WR)",
+    "        except OSError:",
+    "            pass",
+    "    def wait(self):",
+    "        pass",
+    "    def kill(self):",
+    "        pass",
+    "try:",
+    "    execmodel",
+    "except NameError:",
+    "    execmodel = get_execmodel('thread')",
+    # The server process is shared with other clients: a task that does
+    # not end is left running instead of interrupting the whole process.
+    "class SocketWorkerGateway(WorkerGateway):",
+    "    def _terminate_execution(self):",
+    "        self._execpool.trigger_shutdown()",
+    "        if not self._execpool.waitall(5.0):",
+    "            self._trace('execution ongoing after 5 secs, left running')",
+)
+
+
+def _socket_worker_source() -> str:
+    return portable_core_source() + "\n" + "\n".join(_SOCKET_WORKER)
+
+
 def bootstrap_socket(io, spec) -> None:
     """Ship the portable core to a socket server (uses its execmodel)."""
     sendexec(
         io,
-        portable_core_source(),
-        "import socket",
-        "class SocketIO:",
-        "    def __init__(self, sock, execmodel):",
-        "        self.sock = sock",
-        "        self.execmodel = execmodel",
-        "        try:",
-        "            sock.setsockopt(socket.SOL_IP, socket.IP_TOS, 0x10)",
-        "            sock.setsockopt(socket.SOL_TCP, socket.TCP_NODELAY, 1)",
-        "        except (AttributeError, OSError):",
-        "            sys.stderr.write('WARNING: cannot set socketoption')",
-        "    def read(self, numbytes):",
-        "        parts = []",
-        "        missing = numbytes",
-        "        while missing > 0:",
-        "            data = self.sock.recv(min(missing, 1 << 20))",
-        "            if not data:",
-        "                raise EOFError('expected %d bytes, got %d'"
-        " % (numbytes, numbytes - missing))",
-        "            parts.append(data)",
-        "            missing -= len(data)",
-        "        return b''.join(parts)",
-        "    def write(self, data):",
-        "        self.sock.sendall(data)",
-        "    def close_read(self):",
-        "        try:",
-        "            self.sock.shutdown(socket.SHUT_RD)",
-        "        except OSError:",
-        "            pass",
-        "    def close_write(self):",
-        "        try:",
-        "            self.sock.shutdown(socket.SHUT_WR)",
-        "        except OSError:",
-        "            pass",
-        "    def wait(self):",
-        "        pass",
-        "    def kill(self):",
-        "        pass",
-        "try:",
-        "    execmodel",
-        "except NameError:",
-        "    execmodel = get_execmodel('thread')",
-        # The server process is shared with other clients: a task that does
-        # not end is left running instead of interrupting the whole process.
-        "class SocketWorkerGateway(WorkerGateway):",
-        "    def _terminate_execution(self):",
-        "        self._execpool.trigger_shutdown()",
-        "        if not self._execpool.waitall(5.0):",
-        "            self._trace('execution ongoing after 5 secs, left running')",
+        packed_source("socket", _socket_worker_source),
         "io = SocketIO(clientsock, execmodel)",
         "io.write(b'1')",
         f"SocketWorkerGateway(io, {str(spec) + '-worker'!r}, _startcount=2).serve()",

@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Exec bootstrap cost: our execnet vs reference execnet 2.1.2.
+
+The exec bootstrap (python=..., ssh, via) sends the worker's whole core as
+one line to an interpreter that may not have execnet.  This measures
+
+  bytes        the bootstrap line written to the new interpreter (counted
+               by wrapping the IO handed to gateway_bootstrap.sendexec,
+               which both implementations call for it), for the first gateway
+               (id gw0; the line grows with the length of the id)
+  start        makegateway("popen//python=PY"), median ms over iterations
+               (each gateway terminated, untimed, before the next one), and
+               as a baseline `PY -c pass`, alternating with it; "overhead"
+               is the difference of the medians
+
+for two interpreters PY:
+
+  system       /usr/bin/python3 (Debian's; has no execnet of any kind)
+  self         the worker's own interpreter (sys.executable of the venv)
+
+Implementations, interleaved rounds, medians and ratios as in
+bench_gateway.py (see _common.py).  Ratios > 1 mean ours is better
+(reference / ours, for bytes and times alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+del sys.path[0]
+
+IMPLS = C.EXECNET_IMPLS
+SYSTEM_PYTHON = "/usr/bin/python3"
+GROUP_TERMINATE_TIMEOUT = 10.0
+# iterations per worker: (full, --quick)
+ITERATIONS = (15, 5)
+
+# -- worker side ----------------------------------------------------------------------
+
+
+def interpreter(case: str) -> str:
+    return SYSTEM_PYTHON if case == "system" else sys.executable
+
+
+def case_start(execnet, python: str, iterations: int) -> dict:
+    from execnet import gateway_bootstrap
+
+    sizes = []
+    original = gateway_bootstrap.sendexec
+
+    class Counting:
+        def __init__(self, io):
+            self.io = io
+
+        def write(self, data):
+            sizes.append(len(data))
+            self.io.write(data)
+
+    def sendexec(io, *sources):
+        return original(Counting(io), *sources)
+
+    gateway_bootstrap.sendexec = sendexec
+    spec = f"popen//python={python}"
+    group = execnet.Group()
+    try:
+        gw = group.makegateway(spec)  # warm up (file caches), check it works
+        if gw.remote_exec("channel.send(6 * 7)").receive(30) != 42:
+            raise RuntimeError("the gateway does not work")
+        group.terminate(GROUP_TERMINATE_TIMEOUT)
+        starts, passes = [], []
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            group.makegateway(spec)
+            starts.append(time.perf_counter() - t0)
+            group.terminate(GROUP_TERMINATE_TIMEOUT)
+            t0 = time.perf_counter()
+            subprocess.run([python, "-c", "pass"], check=True)
+            passes.append(time.perf_counter() - t0)
+    finally:
+        group.terminate(GROUP_TERMINATE_TIMEOUT)
+        gateway_bootstrap.sendexec = original
+    if not sizes:
+        raise RuntimeError("gateway_bootstrap.sendexec was not called")
+    start, base = statistics.median(starts) * 1e3, statistics.median(passes) * 1e3
+    return {"bytes": sizes[0], "start_ms": start, "pass_ms": base, "overhead_ms": start - base}
+
+
+def worker(impl: str, case: str, iterations: int) -> dict:
+    out = C.worker_info(impl, case)
+    execnet, info = C.import_execnet(impl)
+    out.update(info)
+    try:
+        out.update(case_start(execnet, interpreter(case), iterations))
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+    return out
+
+
+# -- driver -----------------------------------------------------------------------------
+
+CASES = {
+    "system": f"popen//python={SYSTEM_PYTHON}",
+    "self": "popen//python=<the venv's python>",
+}
+METRICS = [
+    ("bytes", "bootstrap line", "bytes"),
+    ("start_ms", "makegateway", "ms"),
+    ("pass_ms", "python -c pass (baseline)", "ms"),
+    ("overhead_ms", "makegateway - baseline", "ms"),
+]
+
+
+def fmt_value(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
+
+
+def report(results: dict, cases: list) -> dict:
+    summary = {}
+    print("\nValues: median over rounds, with spread (max - min) / median.  Ratios: median of"
+          "\nper-round ratios reference / ours, > 1 means ours is smaller or faster.")
+    for case in cases:
+        rows = results[case]
+        summary[case] = {}
+        print(f"\n== {CASES[case]}")
+        print(f"{'':28} {'unit':>6} {'ours-c':>16} {'ours-py':>16} {IMPLS[2]:>16} "
+              f"{'c vs ref':>9} {'py vs ref':>9}")
+        for key, label, unit in METRICS:
+            line, med = f"{label:28} {unit:>6}", {}
+            for impl in IMPLS:
+                vals = C.ok_values(rows, impl, key)
+                if vals:
+                    med[impl] = statistics.median(vals)
+                    cell = f"{fmt_value(med[impl])} ±{C.spread(vals):3.0f}%"
+                else:
+                    cell = "error"
+                line += f" {cell:>16}"
+            ratios = {f"{a}/{IMPLS[2]}": C.median_ratio(rows, a, IMPLS[2], key, invert=True)
+                      for a in C.OURS}
+            line += "".join(f" {C.fmt_ratio(r):>9}" for r in ratios.values())
+            print(line)
+            summary[case][key] = {"unit": unit, "medians": med, "ratios_better": ratios}
+        for impl in IMPLS:
+            errs = C.errors(rows, impl)
+            for msg in dict.fromkeys(errs):
+                print(f"  {impl}: error: {msg} ({errs.count(msg)} of {len(rows)} rounds)")
+            for note in sorted({r[impl]["note"] for r in rows if "note" in r.get(impl, {})}):
+                print(f"  {impl}: note: {note}")
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of interleaved runs (5)")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help="comma-separated subset of: %(default)s")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{ITERATIONS[1]} instead of {ITERATIONS[0]} starts per worker")
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds before a worker is killed and reported as an error (120)")
+    ap.add_argument("--venv", type=Path, default=C.DEFAULT_VENV,
+                    help="reference venv (created if missing; default bench/.venv-ref)")
+    ap.add_argument("--json", metavar="OUT", type=Path, help="also save raw numbers here")
+    ap.add_argument("--worker", nargs=3, metavar=("IMPL", "CASE", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        impl, case, n = args.worker
+        C.emit(worker(impl, case, int(n)))
+        return
+    cases = args.cases.split(",")
+    if unknown := set(cases) - set(CASES):
+        ap.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    if "system" in cases and not os.path.exists(SYSTEM_PYTHON):
+        print(f"{SYSTEM_PYTHON} does not exist: case 'system' left out", file=sys.stderr)
+        cases.remove("system")
+    with C.outside_checkout("bench-bootstrap-") as cwd:
+        drive(args, cases, cwd)
+
+
+def drive(args, cases: list, cwd: str) -> None:
+    venv = args.venv.absolute()
+    interp = C.interpreters(venv, cwd)
+    iterations = ITERATIONS[1 if args.quick else 0]
+    load_start = C.machine_line()
+    print(f"{load_start}; {args.rounds} rounds of {iterations} starts, "
+          f"worker timeout {args.timeout:.0f} s")
+    t0 = time.perf_counter()
+
+    def measure(impl, case):
+        # the worker's third argument: starts per worker
+        return C.run_worker(__file__, impl, case, [str(iterations)], interp, cwd, args.timeout)
+
+    results, samples = C.interleaved_rounds(args.rounds, cases, IMPLS, measure, venv)
+    C.backend_warnings(samples)
+    summary = report(results, cases)
+    print(f"\nat end: {C.machine_line()}; {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        meta = {"rounds": args.rounds, "quick": args.quick, "cases": cases,
+                "iterations": iterations, "timeout": args.timeout, "venv": str(venv),
+                "at_start": load_start}
+        C.save_json(args.json, meta, summary, samples)
+
+
+if __name__ == "__main__":
+    main()
