@@ -1113,6 +1113,10 @@ class Channel:
     TimeoutError = TimeoutError
     _INTERNALWAKEUP = 1000
     _executing = False  # True while the remote_exec task owning it runs
+    # A task may leave its channel open when it ends (_detached), for a
+    # thread of its own to close: the via proxy's forwarder does.
+    _detachable = True
+    _detached = False
 
     _native = False  # items are queued by the C core's IO thread
 
@@ -1727,7 +1731,8 @@ class WorkerGateway(BaseGateway):
                 else:
                     channel.close(geterrortext(exc))
             else:
-                channel.close()
+                if not getattr(channel, "_detached", False):
+                    channel.close()
         finally:
             # on every exit path (defect D1)
             self._previous_task_done.set()

@@ -237,15 +237,36 @@ def serve_proxy_io(proxy_channel):
         raise EOFError("bad bootstrap acknowledgement %r" % (ack,))
     log("forwarding bootstrap byte from sub", spec.id)
     proxy_channel.send(ack)
-    header = struct.Struct("!bii")
-    while True:
+
+    def forward_from_sub():
+        header = struct.Struct("!bii")
+        while True:
+            try:
+                message = Message.from_io(sub)
+            except EOFError:
+                log("EOF from sub, terminating proxying loop", spec.id)
+                break
+            frame = header.pack(message.msgcode, message.channelid, len(message.data))
+            proxy_channel.send(frame + message.data)
+
+    if not getattr(type(proxy_channel), "_detachable", False):
+        forward_from_sub()  # an execnet worker: this task forwards till the end
+        return
+
+    # Our worker lets the channel outlive this task: forward from a thread
+    # of our own, so that the proxy's task thread (a main_thread_only
+    # proxy has one) is free for the next gateway through it.
+    def forward_then_close():
         try:
-            message = Message.from_io(sub)
-        except EOFError:
-            log("EOF from sub, terminating proxying loop", spec.id)
-            break
-        frame = header.pack(message.msgcode, message.channelid, len(message.data))
-        proxy_channel.send(frame + message.data)
+            forward_from_sub()
+        except Exception as exc:
+            proxy_channel.close(f"forwarding from {spec.id} failed: {exc!r}")
+        else:
+            proxy_channel.close()
+
+    proxy_channel._detached = True
+    proxy_channel._executing = False  # the forwarder closes it, not the task
+    gateway.execmodel.start(forward_then_close)
 
 
 if __name__ == "__channelexec__":

@@ -592,3 +592,17 @@ def test_worker_imports_our_package_whatever_its_cwd(group, tmp_path, monkeypatc
     gw = group.makegateway("popen")
     channel = gw.remote_exec("import execnet; channel.send(execnet.__file__)")
     assert channel.receive(TIMEOUT) == execnet.__file__
+
+
+@pytest.mark.parametrize("proxy_model", ["thread", "main_thread_only"])
+def test_one_proxy_hosts_many_via_gateways(group, proxy_model):
+    # execnet's forwarder holds the proxy's task for the gateway's life, so
+    # a main_thread_only proxy hosted one: ours hands over to a thread
+    group.makegateway(f"popen//id=proxy//execmodel={proxy_model}")
+    gateways = [group.makegateway(f"popen//via=proxy//id=w{i}") for i in range(3)]
+    channels = [gw.remote_exec("channel.send(channel.receive() + 1)") for gw in gateways]
+    for i, channel in enumerate(channels):
+        channel.send(i)
+    assert [channel.receive(TIMEOUT) for channel in channels] == [1, 2, 3]
+    status = group["proxy"].remote_status()
+    assert status.numexecuting == 0  # no task is held by the forwarding
