@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -39,10 +38,12 @@ import pytest
 import execnet
 from execnet import gateway_base
 from execnet import gateway_bootstrap
+from execnet import gateway_io
 from execnet.gateway import Gateway
 from execnet.xspec import XSpec
 
 import reference
+from runtime_util import ServerProcess
 
 TIMEOUT = 30.0  # seconds for any single wait
 CHECKOUT = str(Path(execnet.__file__).resolve().parent.parent)
@@ -227,49 +228,6 @@ def clean_env(**extra: str) -> dict:
     return env
 
 
-class Server:
-    """A socket server subprocess; its stdout is drained by a thread."""
-
-    def __init__(self, argv, env, cwd):
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-        )
-        self.lines: queue.Queue = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for raw in self.proc.stdout:
-            line = raw.decode(errors="replace")
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def port(self) -> int:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is None:
-                raise AssertionError(f"server reported no port: {''.join(self.output)!r}")
-            match = re.search(r"Entering Accept loop \('127\.0\.0\.1', (\d+)\)", line)
-            if match:
-                return int(match.group(1))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(TIMEOUT)
-        self.proc.stdout.close()
-
-
 WATCHDOG_SECONDS = 150.0
 
 
@@ -305,7 +263,7 @@ def tmpcwd():
 @pytest.fixture
 def ref_server(refpython, tmpcwd, watchdog):
     script = ref_package_dir(refpython) / "script" / "socketserver.py"
-    server = Server([refpython, "-u", str(script), "127.0.0.1:0"], clean_env(), tmpcwd)
+    server = ServerProcess([refpython, "-u", str(script), "127.0.0.1:0"], tmpcwd, clean_env())
     watchdog.append(server.proc.kill)
     try:
         yield server
@@ -315,9 +273,8 @@ def ref_server(refpython, tmpcwd, watchdog):
 
 @pytest.fixture
 def our_server(tmpcwd, watchdog):
-    env = dict(os.environ)
-    server = Server(
-        [sys.executable, "-u", "-m", "execnet.script.socketserver", "127.0.0.1:0"], env, tmpcwd
+    server = ServerProcess(
+        [sys.executable, "-u", "-m", "execnet.script.socketserver", "127.0.0.1:0"], tmpcwd
     )
     watchdog.append(server.proc.kill)
     try:
@@ -350,7 +307,7 @@ def run_reference_script(code: str, timeout: float = 120) -> dict:
 
 
 def test_our_master_reference_socketserver(ref_server, group):
-    port = ref_server.port()
+    port = ref_server.port
     gw = group.makegateway(f"socket=127.0.0.1:{port}")
     assert channel_ops(gw, TIMEOUT) == EXPECTED
     # the worker lives in the reference server's process
@@ -359,7 +316,7 @@ def test_our_master_reference_socketserver(ref_server, group):
 
 
 def test_our_master_reference_socketserver_killed(ref_server, group):
-    port = ref_server.port()
+    port = ref_server.port
     gw = group.makegateway(f"socket=127.0.0.1:{port}")
 
     def kill(pid):
@@ -403,7 +360,7 @@ print("RESULT: " + json.dumps(results), flush=True)
 
 @pytest.mark.parametrize("kill", [False, True], ids=["ops", "killed"])
 def test_reference_master_our_socketserver(our_server, kill):
-    port = our_server.port()
+    port = our_server.port
     results = run_reference_script(REF_SOCKET_MASTER % dict(port=port, timeout=TIMEOUT, kill=kill))
     assert str(reference.venv_dir()) in results.pop("master")
     if kill:
@@ -443,7 +400,7 @@ def test_reference_master_our_socketserver_shipped(refpython):
 # --- 3. our master, a worker running the reference's exec-bootstrap core ----
 
 
-class RefPopenIO(gateway_base.Popen2IO):
+class RefPopenIO(gateway_io.Popen2IOMaster):
     """Pipes to a reference interpreter started outside the checkout."""
 
     def __init__(self, argv, cwd, execmodel):
@@ -454,19 +411,9 @@ class RefPopenIO(gateway_base.Popen2IO):
             cwd=cwd,
             env=clean_env(),
         )
-        super().__init__(self.popen.stdin, self.popen.stdout, execmodel=execmodel)
-
-    def wait(self):
-        try:
-            return self.popen.wait()
-        except OSError:
-            return None
-
-    def kill(self):
-        try:
-            self.popen.kill()
-        except OSError:
-            pass
+        gateway_base.Popen2IO.__init__(
+            self, self.popen.stdin, self.popen.stdout, execmodel=execmodel
+        )
 
 
 def reference_exec_gateway(refpython, cwd, group, watchdog, id="refexec"):

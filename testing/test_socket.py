@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
-import re
 import socket
 import subprocess
 import sys
@@ -13,6 +11,7 @@ import time
 
 import pytest
 from runtime_util import TIMEOUT
+from runtime_util import ServerProcess
 
 import execnet
 from execnet import gateway_bootstrap
@@ -21,76 +20,6 @@ from execnet.script import socketserver
 pytest_plugins = ["conftest_runtime"]
 
 SERVER_SCRIPT = socketserver.__file__
-ADDRESS_LINE = re.compile(r"Entering Accept loop \('([^']*)', (\d+)\)")
-
-
-class ServerProcess:
-    """A socket server subprocess whose output is read all the time (so it
-    never blocks on a full pipe) and kept for inspection."""
-
-    def __init__(self, command, cwd=None) -> None:
-        self.proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-        )
-        self.stdout_lines: queue.Queue = queue.Queue()
-        self.stdout: list = []
-        self.stderr: list = []
-        self._readers = [
-            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout, True)),
-            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr, False)),
-        ]
-        for reader in self._readers:
-            reader.daemon = True
-            reader.start()
-        try:
-            self.host, self.port = self._read_address()
-        except BaseException:
-            self.stop()
-            raise
-        self.address = f"{self.host}:{self.port}"
-
-    def _drain(self, stream, lines, announce) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            lines.append(line)
-            if announce:
-                self.stdout_lines.put(line)
-        stream.close()
-        if announce:
-            self.stdout_lines.put(None)
-
-    def wait_for_line(self, pattern):
-        """The first match of pattern in a stdout line yet to be read."""
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                line = self.stdout_lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"server printed no line matching {pattern!r}")
-            if line is None:
-                pytest.fail(f"server ended without printing {pattern!r}: {self.stderr}")
-            match = re.search(pattern, line)
-            if match:
-                return match
-
-    def _read_address(self):
-        match = self.wait_for_line(ADDRESS_LINE)
-        return match.group(1), int(match.group(2))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(TIMEOUT)
-        for reader in self._readers:
-            reader.join(TIMEOUT)
 
 
 def start_server(*args, cwd=None, module=True) -> ServerProcess:
