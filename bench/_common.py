@@ -336,3 +336,21 @@ def save_json(path: Path, meta: dict, summary: dict, samples: list) -> None:
     meta = {"python": sys.version, "cpus": os.cpu_count(), **meta}
     path.write_text(json.dumps({"meta": meta, "summary": summary, "samples": samples}, indent=1))
     print(f"raw numbers saved to {path}")
+
+
+def metric_row(rows: list, impls, key: str, invert: bool, fmt_value) -> tuple:
+    """The cells of one metric: (text of the medians and ratio columns,
+    medians by implementation, ratios ours/reference by implementation).
+    invert: lower is better (ratios reference / ours)."""
+    text, medians = "", {}
+    for impl in impls:
+        vals = ok_values(rows, impl, key)
+        if vals:
+            medians[impl] = statistics.median(vals)
+            cell = f"{fmt_value(medians[impl])} ±{spread(vals):3.0f}%"
+        else:
+            cell = "error"
+        text += f" {cell:>16}"
+    ratios = {f"{a}/{impls[2]}": median_ratio(rows, a, impls[2], key, invert=invert) for a in OURS}
+    text += "".join(f" {fmt_ratio(r):>9}" for r in ratios.values())
+    return text, medians, ratios

@@ -185,19 +185,8 @@ def report(results: dict, cases: list) -> dict:
               f"{'c vs ref':>9} {'py vs ref':>9}")
         # via and socket have no interpreter start to compare with
         for key, label, unit in METRICS if case in ("system", "self") else METRICS[:2]:
-            line, med = f"{label:28} {unit:>6}", {}
-            for impl in IMPLS:
-                vals = C.ok_values(rows, impl, key)
-                if vals:
-                    med[impl] = statistics.median(vals)
-                    cell = f"{fmt_value(med[impl])} ±{C.spread(vals):3.0f}%"
-                else:
-                    cell = "error"
-                line += f" {cell:>16}"
-            ratios = {f"{a}/{IMPLS[2]}": C.median_ratio(rows, a, IMPLS[2], key, invert=True)
-                      for a in C.OURS}
-            line += "".join(f" {C.fmt_ratio(r):>9}" for r in ratios.values())
-            print(line)
+            cells, med, ratios = C.metric_row(rows, IMPLS, key, True, fmt_value)
+            print(f"{label:28} {unit:>6}{cells}")
             summary[case][key] = {"unit": unit, "medians": med, "ratios_better": ratios}
         for impl in IMPLS:
             errs = C.errors(rows, impl)

@@ -384,19 +384,8 @@ def report(results: dict, cases: list) -> dict:
         print(f"{'':36} {'unit':>7} {'ours-c':>16} {'ours-py':>16} {IMPLS[2]:>16} "
               f"{'c vs ref':>9} {'py vs ref':>9}")
         for key, label, unit, lower in metrics:
-            line, med = f"{label:36} {unit:>7}", {}
-            for impl in IMPLS:
-                vals = C.ok_values(rows, impl, key)
-                if vals:
-                    med[impl] = statistics.median(vals)
-                    cell = f"{fmt_value(med[impl])} ±{C.spread(vals):3.0f}%"
-                else:
-                    cell = "error"
-                line += f" {cell:>16}"
-            ratios = {f"{a}/{IMPLS[2]}": C.median_ratio(rows, a, IMPLS[2], key, invert=lower)
-                      for a in C.OURS}
-            line += "".join(f" {C.fmt_ratio(r):>9}" for r in ratios.values())
-            print(line)
+            cells, med, ratios = C.metric_row(rows, IMPLS, key, lower, fmt_value)
+            print(f"{label:36} {unit:>7}{cells}")
             summary[case][key] = {"unit": unit, "lower_is_better": lower, "medians": med,
                                   "ratios_faster": ratios}
         for impl in IMPLS:

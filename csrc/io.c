@@ -965,12 +965,7 @@ conn_queue(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
     xn_state *st = xn_state_of_type(Py_TYPE(c));
     if (st == NULL)
         return NULL;
-    PyObject *kwargs = NULL;
-    PyObject *targs = PyTuple_Pack(1, args[1]);
-    if (targs == NULL)
-        return NULL;
-    xn_queue *q = (xn_queue *)PyObject_Call((PyObject *)st->ItemQueueType, targs, kwargs);
-    Py_DECREF(targs);
+    xn_queue *q = (xn_queue *)PyObject_CallOneArg((PyObject *)st->ItemQueueType, args[1]);
     if (q == NULL)
         return NULL;
     q->channelid = (int32_t)id;
