@@ -128,6 +128,7 @@ typedef struct {
     /* the C core's types (io.c, channel.c) */
     PyTypeObject *ConnectionType;
     PyTypeObject *ItemQueueType;
+    PyTypeObject *EventType;
 #define XN_STRING_FIELD(name, text) PyObject *s_##name;
     XN_STRINGS(XN_STRING_FIELD)
 #undef XN_STRING_FIELD
@@ -244,6 +245,10 @@ int xn_queue_push(xn_queue *q, xn_item *item);
 
 extern PyType_Spec xn_queue_spec;
 
+/* ---- event.c: threading.Event's interface in C -------------------------- */
+
+extern PyType_Spec xn_event_spec;
+
 /* ---- io.c: a gateway's connection --------------------------------------- */
 
 typedef struct {
@@ -255,6 +260,10 @@ typedef struct {
     PyObject_HEAD
     int rfd, wfd;
     PyObject *dispatch; /* dispatch(code, channelid, payload) */
+    /* inline(code, channelid, payload) -> bool: a reading thread other than
+     * the IO thread handles a frame needing Python itself, if it says so */
+    PyObject *inline_dispatch;
+    PyObject *inline_error; /* what inline raised: it ended reading */
     int locks_ready;
     /* channel id -> queue, for whoever reads */
     pthread_mutex_t table_lock;
@@ -273,8 +282,12 @@ typedef struct {
     pthread_mutex_t state_lock;
     pthread_cond_t get_cond; /* getters: an item came, or the read role is free */
     pthread_cond_t io_cond;  /* the IO thread, parked while getters read */
-    int getters;             /* threads waiting in get() on our queues */
-    int64_t spin_ns;         /* how long a getter polls before it sleeps */
+    int getters;             /* threads waiting in get() on our queues, or pumping */
+    int pumpers;             /* threads in pump() */
+    uint64_t dispatched;     /* frames handed to Python so far */
+    int64_t spin_ns;         /* how long a getter may poll before it sleeps */
+    int spin_failures;       /* polls in a row that found nothing (read_lock) */
+    int spin_skips;          /* waits left that sleep without polling */
     int handoff;             /* the IO thread's turn: frames need Python */
     int read_ended;          /* reading is over (end_* say why) */
     int end_kind, end_err;

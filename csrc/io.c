@@ -22,6 +22,10 @@
 #define PARK_NS 1000000LL
 #define PARK_MAX_NS 50000000LL
 #define DEFAULT_SPIN_US 20
+#define SPIN_FAILURES 4
+#define SPIN_PAUSE 64
+/* A pumping thread looks at signals this often. */
+#define PUMP_SLICE_NS 50000000LL
 enum { END_EOF, END_OS, END_PROTOCOL };
 #define PIPE_SIZE (1024 * 1024)
 /* Sends closer together than this are batched, up to BATCH_BYTES. */
@@ -318,9 +322,12 @@ write_message(void *ctx, const xn_piece *pieces, Py_ssize_t count)
         goto failed;
     }
     /* a send that closely follows another with no receive between them:
-     * a stream (a receive in between: a conversation, written at once) */
+     * a stream (a receive in between: a conversation, written at once).
+     * Only channel data streams: other messages (a close that ends a
+     * task's output, say) go out at once, with what was batched before. */
     int64_t now = xn_monotonic_ns();
-    int streaming = now - c->last_send_ns < STREAM_NS &&
+    int is_data = count > 0 && pieces[0].size > 0 && pieces[0].data[0] == MSG_DATA;
+    int streaming = is_data && now - c->last_send_ns < STREAM_NS &&
                     __atomic_load_n(&c->last_get_ns, __ATOMIC_RELAXED) < c->last_send_ns;
     c->last_send_ns = now;
     if (c->writing || (streaming && c->unwritten.size < BATCH_BYTES && have_flusher(c))) {
@@ -579,6 +586,27 @@ call_dispatch(xn_connection *c, int code, int32_t channelid, PyObject *payload)
     return 0;
 }
 
+/* Note that a frame went to Python, for pumpers waiting for one. */
+static void
+count_dispatch(xn_connection *c)
+{
+    pthread_mutex_lock(&c->state_lock);
+    c->dispatched++;
+    if (c->pumpers > 0)
+        pthread_cond_broadcast(&c->get_cond);
+    pthread_mutex_unlock(&c->state_lock);
+}
+
+static int
+interpreter_finalizing(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
 /* Hand one frame to Python (IO thread). Returns 0, or -1 with the
  * dispatcher's exception set (GIL held). */
 static int
@@ -591,7 +619,52 @@ dispatch_frame(xn_connection *c, gil_hold *g, int code, int32_t channelid, const
         return -1;
     int rc = call_dispatch(c, code, channelid, bytes);
     Py_DECREF(bytes);
+    count_dispatch(c);
     return rc;
+}
+
+/* A reading thread other than the IO thread (a getter) handles a frame
+ * needing Python itself, if the inline dispatcher takes it: one thread's
+ * wakeup less (read_lock held, no GIL). Returns 1 if handled, 0 if it is
+ * the IO thread's, -1 if the dispatcher raised: that ends reading, and the
+ * IO thread reports the exception. */
+static int
+dispatch_inline(xn_connection *c, int code, int32_t channelid, const char *data,
+                Py_ssize_t size)
+{
+    if (c->inline_dispatch == NULL || interpreter_finalizing())
+        return 0;
+    PyGILState_STATE gstate = PyGILState_Ensure();
+    int handled = 0;
+    PyObject *fn = c->inline_dispatch;
+    PyObject *pycode = PyLong_FromLong(code);
+    PyObject *pyid = PyLong_FromLong(channelid);
+    PyObject *payload = PyBytes_FromStringAndSize(data, size);
+    if (fn != NULL && pycode != NULL && pyid != NULL && payload != NULL) {
+        PyObject *args[3] = {pycode, pyid, payload};
+        PyObject *result = PyObject_Vectorcall(fn, args, 3, NULL);
+        handled = result == NULL ? -1 : PyObject_IsTrue(result);
+        Py_XDECREF(result);
+    }
+    else if (fn != NULL)
+        handled = -1;
+    Py_XDECREF(pycode);
+    Py_XDECREF(pyid);
+    Py_XDECREF(payload);
+    if (handled < 0) {
+        PyObject *exc = xn_fetch_exception();
+        pthread_mutex_lock(&c->state_lock);
+        if (c->inline_error == NULL && !c->read_ended)
+            c->inline_error = exc;
+        else
+            Py_XSETREF(exc, NULL);
+        pthread_mutex_unlock(&c->state_lock);
+        set_end(c, END_PROTOCOL, 0, "the inline dispatcher failed");
+    }
+    PyGILState_Release(gstate);
+    if (handled != 0)
+        count_dispatch(c);
+    return handled;
 }
 
 /* Process the complete frames buffered in c (read_lock held). g is the IO
@@ -604,15 +677,21 @@ parse_frames(xn_connection *c, gil_hold *g)
 {
     if (c->pending != NULL) {
         /* a big frame that a getter read and could not queue */
-        if (g == NULL)
-            return PARSE_HANDOFF;
         xn_item *item = c->pending;
-        c->pending = NULL;
-        int rc = dispatch_frame(c, g, c->pending_code, c->pending_id, xn_item_data(item),
+        int rc;
+        if (g == NULL) {
+            rc = dispatch_inline(c, c->pending_code, c->pending_id, xn_item_data(item),
+                                 c->pending_size);
+            if (rc == 0)
+                return PARSE_HANDOFF;
+        }
+        else
+            rc = dispatch_frame(c, g, c->pending_code, c->pending_id, xn_item_data(item),
                                 c->pending_size);
+        c->pending = NULL;
         free(item);
         if (rc < 0)
-            return PARSE_PYERR;
+            return g == NULL ? PARSE_END : PARSE_PYERR;
     }
     for (;;) {
         Py_ssize_t avail = c->rend - c->rstart;
@@ -643,8 +722,15 @@ parse_frames(xn_connection *c, gil_hold *g)
                 c->rstart += HEADER_SIZE + size;
                 continue;
             }
-            if (g == NULL)
-                return PARSE_HANDOFF; /* left in the buffer */
+            if (g == NULL) {
+                int rc = dispatch_inline(c, code, channelid, payload, size);
+                if (rc == 0)
+                    return PARSE_HANDOFF; /* left in the buffer */
+                c->rstart += HEADER_SIZE + size;
+                if (rc < 0)
+                    return PARSE_END;
+                continue;
+            }
             c->rstart += HEADER_SIZE + size;
             if (dispatch_frame(c, g, code, channelid, payload, size) < 0)
                 return PARSE_PYERR;
@@ -680,6 +766,13 @@ parse_frames(xn_connection *c, gil_hold *g)
             continue;
         }
         if (g == NULL) {
+            int rc = dispatch_inline(c, code, channelid, xn_item_data(item), size);
+            if (rc != 0) {
+                free(item);
+                if (rc < 0)
+                    return PARSE_END;
+                continue;
+            }
             c->pending = item;
             c->pending_code = code;
             c->pending_id = channelid;
@@ -762,6 +855,32 @@ spin_setting_ns(void)
     return (int64_t)us * 1000;
 }
 
+/* A reply often follows within microseconds: poll up to spin_ns before
+ * sleeping, which costs a wakeup here and a costlier write at the peer.
+ * Only while that pays: after SPIN_FAILURES polls in a row found nothing
+ * (a slow peer, or busy CPUs where polling takes the peer's time) the next
+ * SPIN_PAUSE waits sleep at once, then one polls again. Returns poll's
+ * result (read_lock held, no GIL). */
+static int
+spin_for_data(xn_connection *c, struct pollfd *pfd)
+{
+    if (c->spin_ns == 0)
+        return 0;
+    if (c->spin_skips > 0) {
+        c->spin_skips--;
+        return 0;
+    }
+    int ready = 0;
+    int64_t spin_end = xn_monotonic_ns() + c->spin_ns;
+    while (xn_monotonic_ns() < spin_end && (ready = poll(pfd, 1, 0)) == 0)
+        ;
+    if (ready > 0)
+        c->spin_failures = 0;
+    else if (++c->spin_failures >= SPIN_FAILURES)
+        c->spin_skips = SPIN_PAUSE;
+    return ready;
+}
+
 /* A getter's turn at reading (read_lock held, no GIL): parse what is
  * buffered, else wait until deadline_ns for bytes and parse them. */
 void
@@ -770,12 +889,9 @@ xn_connection_read_for_getter(xn_connection *c, int64_t deadline_ns)
     int rc = parse_frames(c, NULL);
     if (rc == PARSE_MORE) {
         struct pollfd pfd = {.fd = c->rfd, .events = POLLIN};
-        /* a reply often follows within microseconds: look a little while
-         * before sleeping, which costs a wakeup */
-        int ready = 0;
-        int64_t spin_end = xn_monotonic_ns() + c->spin_ns;
-        while (xn_monotonic_ns() < spin_end && (ready = poll(&pfd, 1, 0)) == 0)
-            ;
+        int ready = poll(&pfd, 1, 0);
+        if (ready == 0)
+            ready = spin_for_data(c, &pfd);
         int64_t wait_ns = deadline_ns - xn_monotonic_ns();
         int ms = wait_ns <= 0 ? 0 : (int)((wait_ns + 999999) / 1000000);
         if (ready <= 0)
@@ -810,16 +926,6 @@ make_end_error(xn_connection *c)
     default:
         return PyObject_CallFunction(st->LoadError, "s", c->end_text);
     }
-}
-
-static int
-interpreter_finalizing(void)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing();
-#else
-    return _Py_IsFinalizing();
-#endif
 }
 
 /* The IO thread: reads and dispatches while no getter does, until the end;
@@ -907,6 +1013,12 @@ reader_main(void *arg)
         return NULL;
     }
     take_gil(&g);
+    if (exc == NULL) {
+        pthread_mutex_lock(&c->state_lock);
+        exc = c->inline_error;
+        c->inline_error = NULL;
+        pthread_mutex_unlock(&c->state_lock);
+    }
     if (exc == NULL)
         exc = make_end_error(c);
     if (exc == NULL)
@@ -998,6 +1110,80 @@ conn_forget(xn_connection *c, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+enum { PUMP_SLICE, PUMP_DISPATCHED, PUMP_END };
+
+/* Read c until slice_end, handling frames inline, unless a frame went to
+ * Python since mark or reading ended (no GIL). Returns a PUMP_ value. */
+static int
+pump_slice(xn_connection *c, uint64_t mark, int64_t slice_end)
+{
+    int result = PUMP_SLICE;
+    pthread_mutex_lock(&c->state_lock);
+    c->getters++;
+    c->pumpers++;
+    for (;;) {
+        if (c->dispatched != mark) {
+            result = PUMP_DISPATCHED;
+            break;
+        }
+        if (c->read_ended) {
+            result = PUMP_END;
+            break;
+        }
+        if (xn_monotonic_ns() >= slice_end)
+            break;
+        if (!c->handoff && pthread_mutex_trylock(&c->read_lock) == 0) {
+            pthread_mutex_unlock(&c->state_lock);
+            xn_connection_read_for_getter(c, slice_end);
+            pthread_mutex_unlock(&c->read_lock);
+            pthread_mutex_lock(&c->state_lock);
+            pthread_cond_broadcast(&c->get_cond); /* the read role is free */
+            continue;
+        }
+        struct timespec ts = {.tv_sec = slice_end / 1000000000LL,
+                              .tv_nsec = slice_end % 1000000000LL};
+        pthread_cond_timedwait(&c->get_cond, &c->state_lock, &ts);
+    }
+    c->getters--;
+    c->pumpers--;
+    pthread_mutex_unlock(&c->state_lock);
+    return result;
+}
+
+/* Connection.pump(mark): the calling thread, having nothing else to do,
+ * reads the connection itself until a frame went to Python since mark (a
+ * value of .dispatched), handling frames inline where the inline
+ * dispatcher takes them: a worker's idle primary thread gets its next task
+ * without another thread waking it. Returns True, or False once reading
+ * ended; NULL with an exception set on a signal. */
+static PyObject *
+conn_pump(xn_connection *c, PyObject *arg)
+{
+    unsigned long long mark = PyLong_AsUnsignedLongLong(arg);
+    if (mark == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    for (;;) {
+        int64_t slice_end = xn_monotonic_ns() + PUMP_SLICE_NS;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = pump_slice(c, (uint64_t)mark, slice_end);
+        Py_END_ALLOW_THREADS
+        if (rc != PUMP_SLICE)
+            return PyBool_FromLong(rc == PUMP_DISPATCHED);
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+}
+
+static PyObject *
+conn_dispatched(xn_connection *c, void *Py_UNUSED(closure))
+{
+    pthread_mutex_lock(&c->state_lock);
+    uint64_t n = c->dispatched;
+    pthread_mutex_unlock(&c->state_lock);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
 static PyObject *
 conn_is_reading(xn_connection *c, void *Py_UNUSED(closure))
 {
@@ -1026,18 +1212,20 @@ init_sync(xn_connection *c)
     return 0;
 }
 
-/* Connection(rfd, wfd, dispatch): takes ownership of both descriptors. */
+/* Connection(rfd, wfd, dispatch, inline=None): takes ownership of both
+ * descriptors. */
 static PyObject *
 conn_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"rfd", "wfd", "dispatch", NULL};
+    static char *kwlist[] = {"rfd", "wfd", "dispatch", "inline", NULL};
     int rfd, wfd;
-    PyObject *dispatch;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiO:Connection", kwlist, &rfd, &wfd,
-                                     &dispatch))
+    PyObject *dispatch, *inline_dispatch = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiO|O:Connection", kwlist, &rfd, &wfd,
+                                     &dispatch, &inline_dispatch))
         return NULL;
-    if (!PyCallable_Check(dispatch)) {
-        PyErr_SetString(PyExc_TypeError, "dispatch must be callable");
+    if (!PyCallable_Check(dispatch) ||
+        (inline_dispatch != Py_None && !PyCallable_Check(inline_dispatch))) {
+        PyErr_SetString(PyExc_TypeError, "dispatch and inline must be callable");
         return NULL;
     }
     xn_connection *c = (xn_connection *)type->tp_alloc(type, 0);
@@ -1059,6 +1247,8 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     (void)fcntl(wfd, F_SETPIPE_SZ, PIPE_SIZE);
 #endif
     c->dispatch = Py_NewRef(dispatch);
+    if (inline_dispatch != Py_None)
+        c->inline_dispatch = Py_NewRef(inline_dispatch);
     return (PyObject *)c;
 }
 
@@ -1067,6 +1257,8 @@ conn_traverse(xn_connection *c, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(c));
     Py_VISIT(c->dispatch);
+    Py_VISIT(c->inline_dispatch);
+    Py_VISIT(c->inline_error);
     return 0;
 }
 
@@ -1074,6 +1266,8 @@ static int
 conn_clear(xn_connection *c)
 {
     Py_CLEAR(c->dispatch);
+    Py_CLEAR(c->inline_dispatch);
+    Py_CLEAR(c->inline_error);
     return 0;
 }
 
@@ -1125,11 +1319,14 @@ static PyMethodDef conn_methods[] = {
      "queue(channelid, endmarker): a native queue for that channel's data"},
     {"forget", (PyCFunction)conn_forget, METH_O, "forget(channelid): stop queueing its data"},
     {"close_write", (PyCFunction)conn_close_write, METH_NOARGS, "close the writing side"},
+    {"pump", (PyCFunction)conn_pump, METH_O,
+     "pump(mark): read while idle until a frame went to Python since mark"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef conn_getset[] = {
     {"reading", (getter)conn_is_reading, NULL, "True while the IO thread runs", NULL},
+    {"dispatched", (getter)conn_dispatched, NULL, "how many frames went to Python", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1140,7 +1337,7 @@ static PyType_Slot conn_slots[] = {
     {Py_tp_clear, conn_clear},
     {Py_tp_methods, conn_methods},
     {Py_tp_getset, conn_getset},
-    {Py_tp_doc, "Connection(rfd, wfd, dispatch): frames over two file descriptors"},
+    {Py_tp_doc, "Connection(rfd, wfd, dispatch, inline=None): frames over two file descriptors"},
     {0, NULL},
 };
 

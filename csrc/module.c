@@ -325,6 +325,14 @@ module_exec(PyObject *module)
     if (PyModule_AddType(module, st->ItemQueueType) < 0) {
         return -1;
     }
+    st->EventType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &xn_event_spec, NULL);
+    if (st->EventType == NULL) {
+        return -1;
+    }
+    if (PyModule_AddType(module, st->EventType) < 0) {
+        return -1;
+    }
     return 0;
 }
 
@@ -339,6 +347,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->TimeoutError);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->ItemQueueType);
+    Py_VISIT(st->EventType);
 #define XN_STRING_VISIT(name, text) Py_VISIT(st->s_##name);
     XN_STRINGS(XN_STRING_VISIT)
 #undef XN_STRING_VISIT
@@ -356,6 +365,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->TimeoutError);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->ItemQueueType);
+    Py_CLEAR(st->EventType);
 #define XN_STRING_CLEAR(name, text) Py_CLEAR(st->s_##name);
     XN_STRINGS(XN_STRING_CLEAR)
 #undef XN_STRING_CLEAR

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import textwrap
 import types
 
 from . import gateway_base
@@ -101,9 +103,7 @@ class Gateway(gateway_base.BaseGateway):
             filename = inspect.getsourcefile(source)
             source = _source_of_function(source)
         else:
-            import textwrap
-
-            source = textwrap.dedent(str(source))
+            source = _dedent(str(source))
         if call_name is None and kwargs:
             raise TypeError("can't pass kwargs to non-function remote_exec")
         data = dumps_internal((source, filename, call_name, kwargs))
@@ -114,6 +114,12 @@ class Gateway(gateway_base.BaseGateway):
     def remote_init_threads(self, num=None) -> None:
         """Deprecated; does nothing."""
         print("WARNING: remote_init_threads() is a no-operation in execnet-1.2")
+
+
+@functools.lru_cache(maxsize=256)
+def _dedent(source: str) -> str:
+    # sent again and again by loops of remote_exec(), often
+    return textwrap.dedent(source)
 
 
 class RInfo:

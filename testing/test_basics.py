@@ -333,6 +333,23 @@ def test_thread_worker_runs_first_task_in_main_thread(thread_gw):
         channel.waitclose(TIMEOUT)
 
 
+def test_task_runs_while_the_main_thread_waits_for_something_else(thread_gw):
+    # the main thread reads the connection only while idle: a task that
+    # waits for anything but a channel must not hold up the next task
+    first = thread_gw.remote_exec(
+        """
+        import threading
+        channel.gateway._released = threading.Event()
+        channel.send("waiting")
+        channel.send(channel.gateway._released.wait(60))
+        """
+    )
+    assert first.receive(TIMEOUT) == "waiting"
+    thread_gw.remote_exec("channel.gateway._released.set()").waitclose(TIMEOUT)
+    assert first.receive(TIMEOUT) is True
+    first.waitclose(TIMEOUT)
+
+
 def test_main_thread_only_runs_sequential_tasks_in_main_thread(group):
     gw = group.makegateway("popen//execmodel=main_thread_only")
     for _ in range(10):

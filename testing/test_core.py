@@ -137,13 +137,15 @@ def test_queue_get_interrupted_by_sigint(tmp_path):
 class Peer:
     """A Connection over two pipes; we play the other end."""
 
-    def __init__(self, dispatch=None):
+    def __init__(self, dispatch=None, inline=None):
         self.frames = []
         self.ended = threading.Event()
         self.end_error = None
         to_conn_r, self.to_conn = os.pipe()
         self.from_conn, from_conn_w = os.pipe()
-        self.conn = _execnet.Connection(to_conn_r, from_conn_w, dispatch or self.dispatch)
+        self.conn = _execnet.Connection(
+            to_conn_r, from_conn_w, dispatch or self.dispatch, inline
+        )
 
     def dispatch(self, code, channelid, data):
         if code < 0:
@@ -298,6 +300,178 @@ def test_connection_write_to_closed_peer(peer):
     peer.conn.close_write()
     with pytest.raises(OSError, match=r"cannot send \(already closed\?\)"):
         peer.conn.send(4, 1, None)
+
+
+class Inline:
+    """An inline dispatcher: records (thread, frame); takes what accept says."""
+
+    def __init__(self, accept=lambda code: True):
+        self.accept = accept
+        self.calls = []
+
+    def __call__(self, code, channelid, data):
+        self.calls.append((threading.get_ident(), (code, channelid, data)))
+        if self.accept(code) == "raise":
+            raise ValueError("inline failed")
+        return self.accept(code)
+
+
+@pytest.fixture
+def inline_peer(install):
+    made = []
+
+    def make(accept=lambda code: True):
+        inline = Inline(accept)
+        peer = Peer(inline=inline)
+        peer.inline = inline
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        peer.close()
+        if peer.conn.reading:
+            assert peer.ended.wait(TIMEOUT)
+
+
+def test_pump_handles_frames_in_the_calling_thread(inline_peer):
+    peer = inline_peer()  # no IO thread yet: the pump is the only reader
+    mark = peer.conn.dispatched
+    peer.send(frame(5, 3, b""))
+    assert peer.conn.pump(mark) is True
+    assert peer.inline.calls == [(threading.get_ident(), (5, 3, b""))]
+    assert peer.conn.dispatched == mark + 1
+    peer.conn.start()
+    peer.send(frame(5, 4, b""))
+    wait_for(lambda: peer.frames)  # once idle, frames are the IO thread's
+    assert peer.frames == [(5, 4, b"")]
+
+
+def test_pump_queues_data_and_returns_at_a_frame_for_python(inline_peer):
+    peer = inline_peer()
+    q = peer.conn.queue(3, ENDMARKER)
+    mark = peer.conn.dispatched
+    peer.send(frame(4, 3, b"LQ") + frame(1, 7, b""))
+    assert peer.conn.pump(mark) is True
+    assert q.get(0, None) is None  # queued while pumping
+    assert [call for _, call in peer.inline.calls] == [(1, 7, b"")]
+
+
+def test_pump_leaves_refused_frames_to_the_io_thread(inline_peer):
+    peer = inline_peer(accept=lambda code: code != 6)
+    peer.conn.start()
+    mark = peer.conn.dispatched
+    peer.send(frame(6, 1, b"") + frame(5, 1, b""))
+    # returns once the IO thread handled the refused frame; the rest after it
+    while peer.conn.dispatched < mark + 2:
+        assert peer.conn.pump(peer.conn.dispatched) is True
+    # the IO thread takes over from the refused frame on, in order
+    assert peer.frames == [(6, 1, b""), (5, 1, b"")]
+    assert [call for _, call in peer.inline.calls] in ([], [(6, 1, b"")])
+
+
+def test_pump_returns_false_at_the_end(inline_peer):
+    peer = inline_peer()
+    peer.conn.start()
+    mark = peer.conn.dispatched
+    os.close(peer.to_conn)
+    assert peer.conn.pump(mark) is False
+    assert peer.ended.wait(TIMEOUT)
+    assert type(peer.end_error) is EOFError
+
+
+def test_inline_error_ends_the_connection_with_it(inline_peer):
+    peer = inline_peer(accept=lambda code: "raise")
+    peer.send(frame(5, 1, b"") + frame(5, 2, b""))
+    assert peer.conn.pump(peer.conn.dispatched) is True
+    peer.conn.start()  # the IO thread reports the end
+    assert peer.ended.wait(TIMEOUT)
+    assert type(peer.end_error) is ValueError
+    assert len(peer.inline.calls) == 1  # nothing after the failure
+
+
+def test_getter_handles_a_close_inline(inline_peer):
+    peer = inline_peer()
+    q = peer.conn.queue(3, ENDMARKER)
+    # no IO thread: the getter is the only reader
+    peer.send(frame(5, 9, b"") + frame(4, 3, b"F\x00\x00\x00\x02Q"))
+    assert q.get(TIMEOUT, None) == 2
+    assert peer.inline.calls == [(threading.get_ident(), (5, 9, b""))]
+    assert peer.conn.dispatched == 1
+
+
+def test_pump_interrupted_by_sigint(tmp_path):
+    out, err, _ = interrupt_when_ready(
+        """
+        import os
+        import execnet.gateway_base as base, execnet._execnet as core
+        core._install(base.__dict__)
+        r, w = os.pipe()
+        r2, w2 = os.pipe()
+        conn = core.Connection(r, w2, lambda *a: None, lambda *a: True)
+        conn.start()
+        try:
+            print("ready", flush=True)
+            conn.pump(conn.dispatched)
+        except KeyboardInterrupt:
+            print("interrupted")
+        """,
+        tmp_path,
+    )
+    assert out == b"interrupted\n", err
+
+
+# --- Event --------------------------------------------------------------------
+
+
+def test_event_set_clear_wait():
+    event = _execnet.Event()
+    assert event.is_set() is False
+    assert event.wait(0.01) is False
+    assert event.wait(timeout=0) is False
+    event.set()
+    assert event.is_set() is True
+    assert event.wait() is True
+    assert event.wait(0) is True
+    event.clear()
+    assert event.is_set() is False
+
+
+def test_event_wakes_every_waiter():
+    event = _execnet.Event()
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(event.wait(TIMEOUT)))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    event.set()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert results == [True, True, True]
+
+
+def test_event_wait_interrupted_by_sigint(tmp_path):
+    out, err, _ = interrupt_when_ready(
+        """
+        import execnet._execnet as core
+        event = core.Event()
+        try:
+            print("ready", flush=True)
+            event.wait()
+        except KeyboardInterrupt:
+            print("interrupted")
+        """,
+        tmp_path,
+    )
+    assert out == b"interrupted\n", err
+
+
+def test_thread_models_use_the_native_event():
+    model = gateway_base.get_execmodel("thread")
+    expected = threading.Event if gateway_base._core is None else _execnet.Event
+    assert type(model.Event()) is expected
 
 
 # --- channels over the C core -------------------------------------------------
