@@ -12,7 +12,7 @@
 
 struct xn_item {
     struct xn_item *next;
-    Py_ssize_t size;
+    Py_ssize_t size, capacity;
     char data[];
 };
 
@@ -23,9 +23,27 @@ xn_item_new(Py_ssize_t size)
     xn_item *item = malloc(sizeof(xn_item) + (size_t)size);
     if (item != NULL) {
         item->next = NULL;
-        item->size = size;
+        item->size = item->capacity = size;
     }
     return item;
+}
+
+/* Returns item, used again for size bytes if it has room for them and is
+ * not much bigger, else NULL (item untouched). */
+xn_item *
+xn_item_reuse(xn_item *item, Py_ssize_t size)
+{
+    if (item == NULL || item->capacity < size || item->capacity / 2 > size)
+        return NULL;
+    item->next = NULL;
+    item->size = size;
+    return item;
+}
+
+Py_ssize_t
+xn_item_capacity(xn_item *item)
+{
+    return item->capacity;
 }
 
 char *
@@ -304,7 +322,10 @@ queue_get(xn_queue *q, PyObject *const *args, Py_ssize_t nargs)
     PyObject *value = NULL;
     if (st != NULL && xn_require_installed(st) == 0)
         value = xn_load_payload(st, item->data, item->size, owner == Py_None ? NULL : owner);
-    free(item);
+    if (q->connection != NULL)
+        xn_connection_recycle((xn_connection *)q->connection, item);
+    else
+        free(item);
     return value;
 }
 

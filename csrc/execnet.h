@@ -219,6 +219,10 @@ typedef struct xn_item xn_item;
 xn_item *xn_item_new(Py_ssize_t size);
 /* Returns the item's bytes. */
 char *xn_item_data(xn_item *item);
+/* Returns item made ready for size bytes if its memory suits them (room
+ * enough, not twice too much), else NULL. No GIL needed. */
+xn_item *xn_item_reuse(xn_item *item, Py_ssize_t size);
+Py_ssize_t xn_item_capacity(xn_item *item);
 
 typedef struct {
     PyObject_HEAD
@@ -274,6 +278,7 @@ typedef struct {
     char *rbuf;
     Py_ssize_t rstart, rend, rcap, need;
     xn_item *pending; /* a big frame a getter read but left to the IO thread */
+    xn_item *spare;   /* a big item's memory, kept for the next one (state_lock) */
     int pending_code;
     int32_t pending_id;
     Py_ssize_t pending_size;
@@ -306,6 +311,11 @@ typedef struct {
     pthread_cond_t flush_cond;
     int flusher_started, flusher_idle, flusher_stop;
 } xn_connection;
+
+/* Takes back a decoded item: a big one's memory is kept for the next big
+ * frame (saving the allocator's work of returning it to the system and
+ * getting it back), others are freed. No GIL needed. */
+void xn_connection_recycle(xn_connection *c, xn_item *item);
 
 /* Drops q from c's table (called by a dying queue; GIL held). */
 void xn_connection_forget_queue(xn_connection *c, xn_queue *q);

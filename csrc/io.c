@@ -667,6 +667,34 @@ dispatch_inline(xn_connection *c, int code, int32_t channelid, const char *data,
     return handled;
 }
 
+/* Returns an item for a big payload of size bytes: the spare one if it
+ * suits, else a new one; NULL if out of memory. */
+static xn_item *
+big_item(xn_connection *c, Py_ssize_t size)
+{
+    pthread_mutex_lock(&c->state_lock);
+    xn_item *item = xn_item_reuse(c->spare, size);
+    if (item != NULL)
+        c->spare = NULL;
+    pthread_mutex_unlock(&c->state_lock);
+    return item != NULL ? item : xn_item_new(size);
+}
+
+void
+xn_connection_recycle(xn_connection *c, xn_item *item)
+{
+    if (xn_item_capacity(item) >= DIRECT_PAYLOAD) {
+        pthread_mutex_lock(&c->state_lock);
+        xn_item *spare = c->spare;
+        if (spare == NULL || xn_item_capacity(spare) < xn_item_capacity(item)) {
+            c->spare = item; /* keep the bigger one */
+            item = spare;
+        }
+        pthread_mutex_unlock(&c->state_lock);
+    }
+    free(item);
+}
+
 /* Process the complete frames buffered in c (read_lock held). g is the IO
  * thread's GIL hold, or NULL for a getter, which stops at frames needing
  * Python. Returns PARSE_MORE (c->need: bytes wanted in the buffer),
@@ -741,7 +769,7 @@ parse_frames(xn_connection *c, gil_hold *g)
             return PARSE_MORE;
         }
         /* a big payload: read the rest straight into its item */
-        xn_item *item = xn_item_new(size);
+        xn_item *item = big_item(c, size);
         if (item == NULL) {
             set_end(c, END_OS, ENOMEM, "");
             return PARSE_END;
@@ -1296,6 +1324,7 @@ conn_dealloc(xn_connection *c)
     free(c->slots);
     free(c->rbuf);
     free(c->pending);
+    free(c->spare);
     if (c->locks_ready) {
         pthread_mutex_destroy(&c->table_lock);
         pthread_mutex_destroy(&c->write_lock);

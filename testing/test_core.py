@@ -233,6 +233,24 @@ def test_connection_big_payload(peer):
     writer.join(TIMEOUT)
 
 
+def test_connection_big_payloads_of_changing_sizes(peer):
+    # big items' memory is reused for the next big frame when it fits
+    q = peer.conn.queue(1, ENDMARKER)
+    peer.conn.start()
+    dumps = gateway_base.PURE_PYTHON_SERIALIZER["dumps_internal"]
+    sizes = [3 << 20, 2 << 20, (5 << 20) // 2, 70000, 3 << 20, 1 << 20]
+    chunks = [bytes([i + 1]) * n for i, n in enumerate(sizes)]
+    writer = threading.Thread(
+        target=peer.send, args=(b"".join(frame(4, 1, dumps(c)) for c in chunks),)
+    )
+    writer.start()
+    try:
+        for chunk in chunks:
+            assert q.get(TIMEOUT, None) == chunk
+    finally:
+        writer.join(TIMEOUT)
+
+
 @pytest.mark.parametrize(
     "data, error, text",
     [
