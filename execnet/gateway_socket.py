@@ -61,6 +61,19 @@ class SocketIO:
             except OSError:
                 pass
 
+    def native_fds(self):
+        """Two copies of the socket's descriptor, (read, write), for the C
+        core; shutting the socket down (close_write) still ends the stream."""
+        try:
+            fd = self.sock.fileno()
+        except (AttributeError, OSError):
+            return None
+        if fd < 0:
+            return None
+        import os
+
+        return os.dup(fd), os.dup(fd)
+
     def wait(self) -> None:
         pass
 

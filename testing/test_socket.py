@@ -14,6 +14,7 @@ from runtime_util import TIMEOUT
 from runtime_util import ServerProcess
 
 import execnet
+from execnet import gateway_base
 from execnet import gateway_bootstrap
 from execnet.script import socketserver
 
@@ -89,6 +90,15 @@ def test_remote_exec_and_channel(server, group):
         channel.send(value)
         assert channel.receive(TIMEOUT) == value * 2
     channel.close()
+    channel.waitclose(TIMEOUT)
+
+
+def test_master_runs_the_expected_core(server, group):
+    gw = group.makegateway(f"socket={server.address}")
+    assert (gw._conn is not None) == (gateway_base.BACKEND == "c")
+    channel = gw.remote_exec("channel.send(channel.receive())")
+    channel.send("x" * 100000)
+    assert channel.receive(TIMEOUT) == "x" * 100000
     channel.waitclose(TIMEOUT)
 
 
