@@ -13,6 +13,7 @@
 struct xn_item {
     struct xn_item *next;
     Py_ssize_t size, capacity;
+    PyObject *value; /* or the item decoded already (a bytes object), owned */
     char data[];
 };
 
@@ -24,8 +25,38 @@ xn_item_new(Py_ssize_t size)
     if (item != NULL) {
         item->next = NULL;
         item->size = item->capacity = size;
+        item->value = NULL;
     }
     return item;
+}
+
+xn_item *
+xn_item_of_value(PyObject *value)
+{
+    xn_item *item = xn_item_new(0);
+    if (item != NULL)
+        item->value = value;
+    return item;
+}
+
+/* Returns the serialized payload of item (new reference), or NULL with an
+ * exception set (GIL held). */
+static PyObject *
+item_payload(xn_item *item)
+{
+    if (item->value == NULL)
+        return PyBytes_FromStringAndSize(item->data, item->size);
+    /* a lone byte string: opcode, length, bytes, stop */
+    Py_ssize_t n = PyBytes_GET_SIZE(item->value);
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, n + 6);
+    if (payload != NULL) {
+        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(payload);
+        out[0] = 'A';
+        xn_put_i32(out + 1, (int32_t)n);
+        memcpy(out + 5, PyBytes_AS_STRING(item->value), (size_t)n);
+        out[n + 5] = 'Q';
+    }
+    return payload;
 }
 
 /* Returns item, used again for size bytes if it has room for them and is
@@ -52,11 +83,13 @@ xn_item_data(xn_item *item)
     return item->data;
 }
 
+/* Frees a list of items (GIL held: they may own objects). */
 static void
 free_items(xn_item *item)
 {
     while (item != NULL) {
         xn_item *next = item->next;
+        Py_XDECREF(item->value);
         free(item);
         item = next;
     }
@@ -318,14 +351,25 @@ queue_get(xn_queue *q, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (got == 0)
         return Py_NewRef(q->endmarker);
+    xn_connection *c = (xn_connection *)q->connection;
+    PyObject *value = item->value;
+    if (value != NULL) {
+        /* read straight into its bytes object */
+        free(item);
+        xn_connection_expect_bytes(c, PyBytes_GET_SIZE(value));
+        return value;
+    }
     xn_state *st = xn_state_of_type(Py_TYPE(q));
-    PyObject *value = NULL;
     if (st != NULL && xn_require_installed(st) == 0)
         value = xn_load_payload(st, item->data, item->size, owner == Py_None ? NULL : owner);
-    if (q->connection != NULL)
-        xn_connection_recycle((xn_connection *)q->connection, item);
-    else
+    if (c == NULL) {
         free(item);
+        return value;
+    }
+    if (value != NULL && PyBytes_CheckExact(value) && item->size >= XN_DIRECT_PAYLOAD &&
+        item->data[0] == 'A' && item->size == PyBytes_GET_SIZE(value) + 6)
+        xn_connection_expect_bytes(c, PyBytes_GET_SIZE(value)); /* more may follow */
+    xn_connection_recycle(c, item);
     return value;
 }
 
@@ -391,7 +435,7 @@ queue_pass_on(xn_queue *q, PyObject *Py_UNUSED(ignored))
     if (list == NULL)
         goto error;
     for (xn_item *it = items; it != NULL; it = it->next) {
-        PyObject *b = PyBytes_FromStringAndSize(it->data, it->size);
+        PyObject *b = item_payload(it);
         if (b == NULL)
             goto error;
         int rc = PyList_Append(list, b);

@@ -223,6 +223,12 @@ char *xn_item_data(xn_item *item);
  * enough, not twice too much), else NULL. No GIL needed. */
 xn_item *xn_item_reuse(xn_item *item, Py_ssize_t size);
 Py_ssize_t xn_item_capacity(xn_item *item);
+/* Returns a new item holding value, a bytes object decoded already (the
+ * item owns the reference), or NULL. No GIL needed; freeing it needs it. */
+xn_item *xn_item_of_value(PyObject *value);
+
+/* A payload at least this big is read straight into its queue item. */
+#define XN_DIRECT_PAYLOAD (64 * 1024)
 
 typedef struct {
     PyObject_HEAD
@@ -279,6 +285,9 @@ typedef struct {
     Py_ssize_t rstart, rend, rcap, need;
     xn_item *pending; /* a big frame a getter read but left to the IO thread */
     xn_item *spare;   /* a big item's memory, kept for the next one (state_lock) */
+    /* a fresh bytes object the next big frame holding one byte string of
+     * its size is read into, sparing a copy (state_lock) */
+    PyObject *spare_bytes;
     int pending_code;
     int32_t pending_id;
     Py_ssize_t pending_size;
@@ -316,6 +325,11 @@ typedef struct {
  * frame (saving the allocator's work of returning it to the system and
  * getting it back), others are freed. No GIL needed. */
 void xn_connection_recycle(xn_connection *c, xn_item *item);
+
+/* A byte string of n bytes was received in a big frame, and more of that
+ * size may follow: have a bytes object ready to read the next into (GIL
+ * held; a failure only costs the copy it would spare). */
+void xn_connection_expect_bytes(xn_connection *c, Py_ssize_t n);
 
 /* Drops q from c's table (called by a dying queue; GIL held). */
 void xn_connection_forget_queue(xn_connection *c, xn_queue *q);

@@ -13,8 +13,6 @@
 
 #define HEADER_SIZE 9
 #define READ_CHUNK (256 * 1024)
-/* A payload at least this big is read straight into its queue item. */
-#define DIRECT_PAYLOAD (64 * 1024)
 #define MSG_DATA 4
 #define MSG_MAX 7
 #define CODE_END (-1)
@@ -683,7 +681,7 @@ big_item(xn_connection *c, Py_ssize_t size)
 void
 xn_connection_recycle(xn_connection *c, xn_item *item)
 {
-    if (xn_item_capacity(item) >= DIRECT_PAYLOAD) {
+    if (xn_item_capacity(item) >= XN_DIRECT_PAYLOAD) {
         pthread_mutex_lock(&c->state_lock);
         xn_item *spare = c->spare;
         if (spare == NULL || xn_item_capacity(spare) < xn_item_capacity(item)) {
@@ -693,6 +691,138 @@ xn_connection_recycle(xn_connection *c, xn_item *item)
         pthread_mutex_unlock(&c->state_lock);
     }
     free(item);
+}
+
+/* Returns the spare bytes object if it has n bytes (taken from c), else NULL. */
+static PyObject *
+take_spare_bytes(xn_connection *c, Py_ssize_t n)
+{
+    pthread_mutex_lock(&c->state_lock);
+    PyObject *bytes = c->spare_bytes;
+    if (bytes != NULL && PyBytes_GET_SIZE(bytes) == n)
+        c->spare_bytes = NULL;
+    else
+        bytes = NULL;
+    pthread_mutex_unlock(&c->state_lock);
+    return bytes;
+}
+
+/* Drops a reference without holding the GIL yet (g: the IO thread's
+ * hold, which keeps the GIL; NULL: a getter's thread). */
+static void
+release_object(xn_connection *c, gil_hold *g, PyObject *obj)
+{
+    (void)c;
+    if (interpreter_finalizing())
+        return; /* the process ends: left as it is */
+    if (g != NULL) {
+        take_gil(g);
+        Py_DECREF(obj);
+        return;
+    }
+    PyGILState_STATE gstate = PyGILState_Ensure();
+    Py_DECREF(obj);
+    PyGILState_Release(gstate);
+}
+
+/* Puts back a spare bytes object that was not used after all. */
+static void
+return_spare_bytes(xn_connection *c, gil_hold *g, PyObject *bytes)
+{
+    pthread_mutex_lock(&c->state_lock);
+    if (c->spare_bytes == NULL) {
+        c->spare_bytes = bytes;
+        bytes = NULL;
+    }
+    pthread_mutex_unlock(&c->state_lock);
+    if (bytes != NULL)
+        release_object(c, g, bytes);
+}
+
+void
+xn_connection_expect_bytes(xn_connection *c, Py_ssize_t n)
+{
+    pthread_mutex_lock(&c->state_lock);
+    int ready = c->read_ended ||
+                (c->spare_bytes != NULL && PyBytes_GET_SIZE(c->spare_bytes) == n);
+    pthread_mutex_unlock(&c->state_lock);
+    if (ready)
+        return;
+    PyObject *fresh = PyBytes_FromStringAndSize(NULL, n);
+    if (fresh == NULL) {
+        PyErr_Clear(); /* the next such frame is copied once more, that is all */
+        return;
+    }
+    pthread_mutex_lock(&c->state_lock);
+    PyObject *old = c->spare_bytes;
+    c->spare_bytes = fresh;
+    pthread_mutex_unlock(&c->state_lock);
+    Py_XDECREF(old);
+}
+
+/* Queues bytes, a decoded item, for channelid. Returns 1 if queued (the
+ * queue owns it now), else 0. No GIL needed. */
+static int
+queue_decoded(xn_connection *c, int32_t channelid, PyObject *bytes)
+{
+    int queued = 0;
+    pthread_mutex_lock(&c->table_lock);
+    xn_queue *q = table_lookup(c, channelid);
+    if (q != NULL) {
+        xn_item *item = xn_item_of_value(bytes);
+        if (item != NULL) {
+            queued = xn_queue_push(q, item);
+            if (!queued)
+                free(item); /* its value was not its own yet */
+        }
+    }
+    pthread_mutex_unlock(&c->table_lock);
+    return queued;
+}
+
+/* Reads the rest of a big frame holding one byte string of size - 6 bytes
+ * (have bytes of its payload are at payload) straight into bytes, and
+ * queues it (no GIL). Returns 1 if queued; 0 if it was read but is not
+ * for a queue (or is malformed): *item is then the frame as an ordinary
+ * item; -1 at the end of the stream or out of memory (set_end done). */
+static int
+read_lone_bytes(xn_connection *c, gil_hold *g, int32_t channelid, const char *payload,
+                Py_ssize_t have, int32_t size, PyObject *bytes, xn_item **item)
+{
+    char *dst = PyBytes_AS_STRING(bytes);
+    Py_ssize_t n = size - 6, have_data = have - 5; /* have < size: no stop byte yet */
+    memcpy(dst, payload + 5, (size_t)have_data);
+    c->rstart = c->rend = 0;
+    if (g != NULL)
+        drop_gil(g);
+    int err = 0;
+    char stop = 0;
+    Py_ssize_t got = read_fully(c->rfd, dst + have_data, n - have_data, &err);
+    if (got == n - have_data)
+        got += read_fully(c->rfd, &stop, 1, &err);
+    if (got < n - have_data + 1) {
+        return_spare_bytes(c, g, bytes);
+        char text[160];
+        snprintf(text, sizeof(text), "expected %d bytes, got %zd", (int)size,
+                 have + (got > 0 ? got : 0));
+        set_end(c, got < 0 ? END_OS : END_EOF, err, text);
+        return -1;
+    }
+    if (stop == 'Q' && queue_decoded(c, channelid, bytes))
+        return 1;
+    *item = xn_item_new(size);
+    if (*item != NULL) {
+        char *out = xn_item_data(*item);
+        memcpy(out, payload, 5);
+        memcpy(out + 5, dst, (size_t)n);
+        out[size - 1] = stop;
+    }
+    return_spare_bytes(c, g, bytes);
+    if (*item == NULL) {
+        set_end(c, END_OS, ENOMEM, "");
+        return -1;
+    }
+    return 0;
 }
 
 /* Process the complete frames buffered in c (read_lock held). g is the IO
@@ -764,31 +894,46 @@ parse_frames(xn_connection *c, gil_hold *g)
                 return PARSE_PYERR;
             continue;
         }
-        if (size < DIRECT_PAYLOAD) {
+        if (size < XN_DIRECT_PAYLOAD) {
             c->need = HEADER_SIZE + size;
             return PARSE_MORE;
         }
-        /* a big payload: read the rest straight into its item */
-        xn_item *item = big_item(c, size);
-        if (item == NULL) {
-            set_end(c, END_OS, ENOMEM, "");
-            return PARSE_END;
+        /* a big payload: read the rest straight into its item, or, for one
+         * byte string of the size of the spare bytes object, into that */
+        xn_item *item = NULL;
+        int queued;
+        PyObject *bytes = NULL;
+        if (code == MSG_DATA && have >= 5 && payload[0] == 'A' &&
+            xn_get_i32((const unsigned char *)payload + 1) == size - 6)
+            bytes = take_spare_bytes(c, size - 6);
+        if (bytes != NULL) {
+            queued = read_lone_bytes(c, g, channelid, payload, have, size, bytes, &item);
+            if (queued < 0)
+                return PARSE_END;
         }
-        memcpy(xn_item_data(item), payload, (size_t)have);
-        c->rstart = c->rend = 0;
-        if (g != NULL)
-            drop_gil(g);
-        int err = 0;
-        Py_ssize_t got = read_fully(c->rfd, xn_item_data(item) + have, size - have, &err);
-        if (got < size - have) {
-            free(item);
-            char text[160];
-            snprintf(text, sizeof(text), "expected %d bytes, got %zd", (int)size,
-                     have + (got > 0 ? got : 0));
-            set_end(c, got < 0 ? END_OS : END_EOF, err, text);
-            return PARSE_END;
+        else {
+            item = big_item(c, size);
+            if (item == NULL) {
+                set_end(c, END_OS, ENOMEM, "");
+                return PARSE_END;
+            }
+            memcpy(xn_item_data(item), payload, (size_t)have);
+            c->rstart = c->rend = 0;
+            if (g != NULL)
+                drop_gil(g);
+            int err = 0;
+            Py_ssize_t got = read_fully(c->rfd, xn_item_data(item) + have, size - have, &err);
+            if (got < size - have) {
+                free(item);
+                char text[160];
+                snprintf(text, sizeof(text), "expected %d bytes, got %zd", (int)size,
+                         have + (got > 0 ? got : 0));
+                set_end(c, got < 0 ? END_OS : END_EOF, err, text);
+                return PARSE_END;
+            }
+            queued = try_native(c, code, channelid, NULL, size, item);
         }
-        if (try_native(c, code, channelid, NULL, size, item)) {
+        if (queued) {
             if (g == NULL)
                 return PARSE_HANDOFF; /* the IO thread reads on while we decode */
             continue;
@@ -1325,6 +1470,7 @@ conn_dealloc(xn_connection *c)
     free(c->rbuf);
     free(c->pending);
     free(c->spare);
+    Py_CLEAR(c->spare_bytes);
     if (c->locks_ready) {
         pthread_mutex_destroy(&c->table_lock);
         pthread_mutex_destroy(&c->write_lock);

@@ -251,6 +251,74 @@ def test_connection_big_payloads_of_changing_sizes(peer):
         writer.join(TIMEOUT)
 
 
+def lone_bytes_frame(channelid: int, data: bytes, stop: bytes = b"Q") -> bytes:
+    payload = b"A" + len(data).to_bytes(4, "big") + data + stop
+    return frame(4, channelid, payload)
+
+
+def test_connection_byte_strings_of_one_size(peer):
+    # once one big byte string was received, the next of its size is read
+    # straight into a bytes object made ready for it
+    q = peer.conn.queue(1, ENDMARKER)
+    other = peer.conn.queue(3, ENDMARKER)
+    peer.conn.start()
+    chunks = [bytes([i]) * 300000 for i in range(1, 6)]
+    for i, chunk in enumerate(chunks):
+        writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunk),))
+        writer.start()
+        assert q.get(TIMEOUT, None) == chunk
+        writer.join(TIMEOUT)
+        peer.send(frame(4, 3, b"F" + i.to_bytes(4, "big") + b"Q"))
+        assert other.get(TIMEOUT, None) == i
+    # items queued that way are passed on like the others
+    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunks[0]) * 2,))
+    writer.start()
+    writer.join(TIMEOUT)
+    wait_for(lambda: q.qsize() == 2)
+    payloads, ended = q.pass_on()
+    assert payloads == [lone_bytes_frame(1, chunks[0])[9:]] * 2 and not ended
+
+
+def test_connection_byte_string_for_python_or_malformed(peer):
+    q = peer.conn.queue(1, ENDMARKER)
+    peer.conn.start()
+    chunk = b"x" * 300000
+    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunk),))
+    writer.start()
+    assert q.get(TIMEOUT, None) == chunk
+    writer.join(TIMEOUT)
+    # one of that size for a channel without queue goes to Python whole
+    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(7, chunk),))
+    writer.start()
+    wait_for(lambda: peer.frames)
+    writer.join(TIMEOUT)
+    assert peer.frames == [(4, 7, lone_bytes_frame(7, chunk)[9:])]
+    # and one without its stop byte too (whose decoding then fails)
+    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunk, b"X"),))
+    writer.start()
+    wait_for(lambda: len(peer.frames) == 2)
+    writer.join(TIMEOUT)
+    assert peer.frames[1] == (4, 1, lone_bytes_frame(1, chunk, b"X")[9:])
+
+
+def test_connection_byte_string_cut_short(peer):
+    q = peer.conn.queue(1, ENDMARKER)
+    peer.conn.start()
+    chunk = b"y" * 300000
+    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunk),))
+    writer.start()
+    assert q.get(TIMEOUT, None) == chunk
+    writer.join(TIMEOUT)
+    cut = lone_bytes_frame(1, chunk)[:-1000]
+    writer = threading.Thread(target=peer.send, args=(cut,))
+    writer.start()
+    writer.join(TIMEOUT)
+    os.close(peer.to_conn)
+    assert peer.ended.wait(TIMEOUT)
+    assert type(peer.end_error) is EOFError
+    assert str(peer.end_error) == f"expected {len(chunk) + 6} bytes, got {len(chunk) + 6 - 1000}"
+
+
 @pytest.mark.parametrize(
     "data, error, text",
     [
