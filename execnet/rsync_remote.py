@@ -193,7 +193,11 @@ class Receiver:
         self.acks = []
         self.acked = 0.0
         if self.stream:
-            hello = {"version": STREAM_VERSION, "local": self.source is not None}
+            hello = {
+                "version": STREAM_VERSION,
+                "local": self.source is not None,
+                "helpers": "python" if self.write_file is _write_file_python else "c",
+            }
             channel.send((STREAM_OPTION, hello))
 
     def fail(self, relpath, exc):
