@@ -66,6 +66,16 @@ def _file_helpers():
     return _read_file_python, _md5_file_python
 
 
+def _put(channel, item) -> None:
+    """channel.send(item), unless the channel closed: then its end marker,
+    on its way to us, tells what happened."""
+    try:
+        channel.send(item)
+    except OSError:
+        if not channel.isclosed():
+            raise
+
+
 class _Target:
     """What send() knows about one receiver."""
 
@@ -216,7 +226,7 @@ class RSync:
 
     def _broadcast(self, item) -> None:
         for channel in self._targets:
-            channel.send(item)
+            _put(channel, item)
 
     def _send_directory(self, path) -> None:
         names = [name for name in os.listdir(path) if self.filter(os.path.join(path, name))]
@@ -283,8 +293,8 @@ class RSync:
                 self._callback("list", sum(target.sizes.values()), channel)
         elif command == "links":
             for link in self._links:
-                channel.send(link)
-            channel.send(LINKS_END)
+                _put(channel, link)
+            _put(channel, LINKS_END)
         elif command == "done":
             del self._targets[channel]
             if target.finishedcallback is not None:
@@ -339,7 +349,7 @@ class RSync:
             for name in components
         ):
             self._fail(channel, relpath, "refused: the path leaves the source directory")
-            channel.send(None)
+            _put(channel, None)
             return
         path = os.path.join(self._sourcedir, *components)
         try:
@@ -348,14 +358,14 @@ class RSync:
                 # same content: the receiver only fixes mode and times
                 target.sizes[relpath] = size
                 self._requested(size)
-                channel.send(None)
+                _put(channel, None)
                 return
             if target.local:
                 # the receiver copies it from our source directory
                 target.sizes[relpath] = size
                 self._requested(size)
                 self._report_send_file(channel.gateway, relpath)
-                channel.send((COPY, None))
+                _put(channel, (COPY, None))
                 return
             if target.stream and size >= PIECE_SIZE:
                 target.sizes[relpath] = size
@@ -370,12 +380,12 @@ class RSync:
             target.sizes[relpath] = 0
             self._requested(0)
             self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
-            channel.send(None)
+            _put(channel, None)
             return
         target.sizes[relpath] = len(data)
         self._requested(len(data))
         self._report_send_file(channel.gateway, relpath)
-        channel.send(data)
+        _put(channel, data)
 
     def _send_pieces(self, target, path, relpath) -> None:
         """Send a large file as pieces ended by None (or False on failure)."""
@@ -384,20 +394,20 @@ class RSync:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
             self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
-            channel.send(None)
+            _put(channel, None)
             return
-        channel.send((CHUNKED, None))
+        _put(channel, (CHUNKED, None))
         try:
             while True:
                 piece = os.read(fd, PIECE_SIZE)
                 if not piece:
                     break
-                channel.send(piece)
+                _put(channel, piece)
         except OSError as exc:
             self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
-            channel.send(False)
+            _put(channel, False)
         else:
-            channel.send(None)
+            _put(channel, None)
         finally:
             os.close(fd)
 

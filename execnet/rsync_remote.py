@@ -29,6 +29,9 @@ COPY = "copy"
 # acknowledgements go out in batches of this many, or after this long (s)
 ACK_BATCH = 256
 ACK_INTERVAL = 0.05
+# threads writing files, where the execution model allows threads (the
+# receiving process's EXECNET_RSYNC_THREADS overrides it; 0: none)
+WRITER_THREADS = 2
 # the sender's last item of the tree's links
 LINKS_END = 42
 
@@ -170,6 +173,50 @@ def _lstat(path):
         return os.lstat(path)
     except OSError:
         return None
+
+
+class _Pool:
+    """A few threads that write files (the helpers release the GIL, so two
+    files are written at once while the main thread receives)."""
+
+    def __init__(self, nthreads):
+        import queue
+        import threading
+
+        self.jobs = queue.Queue(maxsize=4 * nthreads)
+        self.failures = []  # (relpath, exception)
+        self.threads = [threading.Thread(target=self.work) for _ in range(nthreads)]
+        for thread in self.threads:
+            thread.daemon = True
+            thread.start()
+
+    def work(self):
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            relpath, function, args = job
+            try:
+                function(*args)
+            except BaseException as exc:
+                self.failures.append((relpath, exc))
+
+    def submit(self, relpath, function, *args):
+        self.jobs.put((relpath, function, args))
+
+    def join(self):
+        """Wait for every job; returns the failures."""
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join()
+        return self.failures
+
+
+def _threads_allowed(channel):
+    """Whether this worker's execution model lets us start OS threads."""
+    execmodel = getattr(getattr(channel, "gateway", None), "execmodel", None)
+    return getattr(execmodel, "backend", None) in ("thread", "main_thread_only")
 
 
 class Receiver:
@@ -322,27 +369,45 @@ class Receiver:
         self.acked = time.monotonic()
 
     def transfer(self):
-        for path, relpath, mode, mtime in self.pending:
-            data = self.channel.receive()
-            self.ack(relpath)
-            if data is None:
-                _set_metadata(path, mode, mtime)
-            elif self.stream and data == (COPY, None) and self.source is not None:
-                source = os.path.join(self.source, *relpath.split("/"))
-                try:
-                    self.copy_file(source, path, mode or 0, mtime)
-                except OSError as exc:
-                    self.fail(relpath, exc)
-            elif self.stream and data == (CHUNKED, None):
-                self.receive_pieces(path, relpath, mode, mtime)
-            elif isinstance(data, bytes):
-                try:
-                    self.write_file(path, data, mode or 0, mtime)
-                except OSError as exc:
-                    self.fail(relpath, exc)
-            else:
-                raise ValueError(f"rsync: bad content item for {relpath!r}")
+        pool = None
+        try:
+            nthreads = int(os.environ.get("EXECNET_RSYNC_THREADS", WRITER_THREADS))
+        except ValueError:
+            nthreads = WRITER_THREADS
+        if nthreads > 0 and len(self.pending) > 1 and _threads_allowed(self.channel):
+            pool = _Pool(nthreads)
+        try:
+            for path, relpath, mode, mtime in self.pending:
+                data = self.channel.receive()
+                self.ack(relpath)
+                if data is None:
+                    _set_metadata(path, mode, mtime)
+                elif self.stream and data == (COPY, None) and self.source is not None:
+                    source = os.path.join(self.source, *relpath.split("/"))
+                    self.do_file(pool, relpath, self.copy_file, source, path, mode or 0, mtime)
+                elif self.stream and data == (CHUNKED, None):
+                    self.receive_pieces(path, relpath, mode, mtime)
+                elif isinstance(data, bytes):
+                    self.do_file(pool, relpath, self.write_file, path, data, mode or 0, mtime)
+                else:
+                    raise ValueError(f"rsync: bad content item for {relpath!r}")
+        finally:
+            failures = pool.join() if pool is not None else []
+        for relpath, exc in failures:
+            if not isinstance(exc, OSError):
+                raise exc
+            self.fail(relpath, exc)
         self.flush_acks()
+
+    def do_file(self, pool, relpath, function, *args):
+        """function(*args) on the pool, or now; an OSError fails relpath."""
+        if pool is not None:
+            pool.submit(relpath, function, *args)
+            return
+        try:
+            function(*args)
+        except OSError as exc:
+            self.fail(relpath, exc)
 
     def receive_pieces(self, path, relpath, mode, mtime):
         """Write a file sent as bytes items ended by None (complete) or

@@ -472,9 +472,12 @@ def test_unwritable_destination_is_reported_per_file(gw1, gw2, dirs):
     assert tree(dest2) == tree(source)  # the other target is complete
 
 
-def test_write_failures_are_per_file(group, target_kind, dirs):
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_write_failures_are_per_file(group, target_kind, dirs, monkeypatch, threads):
     # a file size limit in the worker makes writes of larger files fail
-    # (EFBIG), whoever the user is
+    # (EFBIG), whoever the user is; files are written by the receiver's
+    # main thread, or by a pool of threads
+    monkeypatch.setenv("EXECNET_RSYNC_THREADS", threads)
     if target_kind == "python3":
         gw = group.makegateway("popen//python=" + shlex.quote(SYSTEM_PYTHON))
     else:
@@ -503,6 +506,11 @@ def test_write_failures_are_per_file(group, target_kind, dirs):
     [
         ("raise ValueError('receiver broke')", "receiver broke"),
         ("channel.receive()", "connection unexpectedly closed"),
+        (
+            "channel.receive(); channel.send(('send', (['f'], None))); "
+            "raise ValueError('receiver broke late')",
+            "receiver broke late",
+        ),
     ],
 )
 def test_receiver_ending_early_raises(gw1, gw2, dirs, monkeypatch, body, error):
