@@ -281,7 +281,13 @@ class RSync:
             self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
             return
         if command == "send":
-            self._send_file(target, *data)
+            try:
+                components, checksum = data
+                components = list(components)
+            except (TypeError, ValueError):
+                self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
+                return
+            self._send_file(target, components, checksum)
         elif command == "ack":
             self._acked(target, data)
         elif command == "xn-acks":
@@ -343,7 +349,7 @@ class RSync:
 
     def _send_file(self, target, components, checksum) -> None:
         channel = target.channel
-        relpath = "/".join(components)
+        relpath = "/".join(map(str, components))
         if not all(
             isinstance(name, str) and name not in ("", os.curdir, os.pardir) and os.sep not in name
             for name in components

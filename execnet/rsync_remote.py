@@ -128,6 +128,8 @@ def _shared_source(offer):
         return None
     if offer.get("host") != host_identity():
         return None
+    if not os.access(path, os.R_OK | os.X_OK):
+        return None  # another user's files: let the master send them
     return path
 
 

@@ -528,6 +528,35 @@ def test_receiver_ending_early_raises(gw1, gw2, dirs, monkeypatch, body, error):
     assert (dest2 / "f").read_text() == "x"  # the healthy target completed
 
 
+HOSTILE_RECEIVER = """
+if __name__ == "__channelexec__":
+    for _ in range(3):  # (destdir, options), the root's list, the file
+        channel.receive()
+    channel.send(("send", (["..", "secret"], None)))
+    reply = channel.receive()
+    if reply is not None:
+        raise ValueError("the master sent a file outside its source: %r" % (reply,))
+    channel.send(("list_done", None))
+    channel.send(("links", None))
+    assert channel.receive() == 42
+    channel.send(("done", None))
+"""
+
+
+def test_master_refuses_requests_outside_its_source(gw1, dirs, monkeypatch):
+    source, dest, _ = dirs
+    write(source / "f", "x")
+    write(source.parent / "secret", "do not send")
+    module_path = dest.parent / "hostile_receiver.py"
+    module_path.write_text(HOSTILE_RECEIVER)
+    spec = importlib.util.spec_from_file_location("hostile_receiver", module_path)
+    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
+    with pytest.raises(rsync.RSyncError) as info:
+        sync(source, (gw1, dest))
+    [(_, relpath, why)] = info.value.failures
+    assert (relpath, why) == ("../secret", "refused: the path leaves the source directory")
+
+
 # -- a hostile sender ----------------------------------------------------------------
 
 
