@@ -47,6 +47,17 @@ rotl32(uint32_t x, unsigned n)
     return (x << n) | (x >> (32u - n));
 }
 
+/* One MD5 step: a gets the rotated sum of f, the sine constant of step i
+ * and message word g, then the four registers shift (returns nothing). */
+#define MD5_STEP(f, i, g, r)                                                   \
+    do {                                                                       \
+        uint32_t t_ = a + (f) + md5_sines[i] + w[g];                           \
+        a = d;                                                                 \
+        d = c;                                                                 \
+        c = b;                                                                 \
+        b += rotl32(t_, (r));                                                  \
+    } while (0)
+
 /* Mixes one 64-byte block into ctx->state (returns nothing). */
 static void
 md5_block(md5_ctx *ctx, const unsigned char *p)
@@ -59,38 +70,26 @@ md5_block(md5_ctx *ctx, const unsigned char *p)
         w[i] = (uint32_t)p[4 * i] | ((uint32_t)p[4 * i + 1] << 8) |
                ((uint32_t)p[4 * i + 2] << 16) | ((uint32_t)p[4 * i + 3] << 24);
     }
-    for (int i = 0; i < 64; i++) {
-        uint32_t f;
-        int g, round = i >> 4;
-        switch (round) {
-        case 0:
-            f = (b & c) | (~b & d);
-            g = i;
-            break;
-        case 1:
-            f = (b & d) | (c & ~d);
-            g = (5 * i + 1) & 15;
-            break;
-        case 2:
-            f = b ^ c ^ d;
-            g = (3 * i + 5) & 15;
-            break;
-        default:
-            f = c ^ (b | ~d);
-            g = (7 * i) & 15;
-            break;
-        }
-        f += a + md5_sines[i] + w[g];
-        a = d;
-        d = c;
-        c = b;
-        b += rotl32(f, md5_rotations[round][i & 3]);
+    /* one loop per round, so that each has its own function and order */
+    for (int i = 0; i < 16; i++) {
+        MD5_STEP((b & c) | (~b & d), i, i, md5_rotations[0][i & 3]);
+    }
+    for (int i = 16; i < 32; i++) {
+        MD5_STEP((b & d) | (c & ~d), i, (5 * i + 1) & 15, md5_rotations[1][i & 3]);
+    }
+    for (int i = 32; i < 48; i++) {
+        MD5_STEP(b ^ c ^ d, i, (3 * i + 5) & 15, md5_rotations[2][i & 3]);
+    }
+    for (int i = 48; i < 64; i++) {
+        MD5_STEP(c ^ (b | ~d), i, (7 * i) & 15, md5_rotations[3][i & 3]);
     }
     ctx->state[0] += a;
     ctx->state[1] += b;
     ctx->state[2] += c;
     ctx->state[3] += d;
 }
+
+#undef MD5_STEP
 
 /* Starts a digest (returns nothing). */
 static void
