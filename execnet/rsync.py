@@ -207,7 +207,14 @@ class RSync:
         self._read_file, self._md5_file = _file_helpers()
         self._progress = _Progress(sys.stderr) if self._progress_wanted else None
         try:
-            self._send_directory(self._sourcedir)
+            try:
+                self._send_directory(self._sourcedir, os.listdir(self._sourcedir))
+            except BaseException:
+                # the receivers wait for the rest of the tree: end them
+                for channel in self._targets:
+                    channel.close()
+                self._targets.clear()
+                raise
             while self._targets:
                 channel, item = self._receivequeue.get()
                 self._handle(channel, item)
@@ -228,8 +235,8 @@ class RSync:
         for channel in self._targets:
             _put(channel, item)
 
-    def _send_directory(self, path) -> None:
-        names = [name for name in os.listdir(path) if self.filter(os.path.join(path, name))]
+    def _send_directory(self, path, entries) -> None:
+        names = [name for name in entries if self.filter(os.path.join(path, name))]
         self._broadcast([os.lstat(path).st_mode, *names])
         for name in names:
             self._send_entry(os.path.join(path, name))
@@ -243,7 +250,16 @@ class RSync:
         if stat.S_ISREG(st.st_mode):
             self._broadcast((st.st_mode, st.st_mtime, st.st_size))
         elif stat.S_ISDIR(st.st_mode):
-            self._send_directory(path)
+            try:
+                entries = os.listdir(path)
+            except OSError as exc:
+                # leave the destination's copy as it is (None: as for a link)
+                relpath = path[len(self._sourcedir) + 1 :].replace(os.sep, "/")
+                for channel in self._targets:
+                    self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
+                self._broadcast(None)
+                return
+            self._send_directory(path, entries)
         elif stat.S_ISLNK(st.st_mode):
             self._remember_link(path)
             self._broadcast(None)

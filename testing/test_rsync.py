@@ -17,6 +17,7 @@ import textwrap
 import pytest
 import reference
 from runtime_util import TIMEOUT
+from runtime_util import wait_for
 
 import execnet
 from execnet import rsync
@@ -459,6 +460,42 @@ def test_unreadable_file_is_reported_rest_syncs(gw1, dirs):
     failures = sync(source, (gw1, dest), raises=False)
     assert [relpath for _, relpath, _ in failures] == ["secret"]
     assert (dest / "public").read_text() == "p"
+
+
+def test_unlistable_directory_is_reported_rest_syncs(gw1, dirs, monkeypatch):
+    source, dest, _ = dirs
+    write(source / "locked" / "f", "l")
+    write(source / "kept", "k")
+    write(dest / "locked" / "old", "stays")  # left alone, even with delete
+    listdir = os.listdir
+
+    def failing_listdir(path):  # fault injection: root lists any directory
+        if str(path) == str(source / "locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", failing_listdir)
+    rs = execnet.RSync(source, verbose=False)
+    rs.add_target(gw1, dest, delete=True)
+    failures = rs.send(raises=False)
+    assert [(relpath, why.split(":")[0]) for _, relpath, why in failures] == [
+        ("locked", "PermissionError")
+    ]
+    assert (dest / "kept").read_text() == "k"
+    assert tree(dest / "locked") == {"old": b"stays"}
+
+
+def test_special_file_raises_and_ends_the_receivers(gw1, dirs):
+    source, dest, _ = dirs
+    os.mkfifo(source / "fifo")
+    rs = execnet.RSync(source, verbose=False)
+    rs.add_target(gw1, dest)
+    channel = next(iter(rs._targets))
+    with pytest.raises(ValueError, match="cannot sync"):
+        rs.send()
+    assert channel.isclosed()
+    # the receiver, waiting for the rest of the tree, ends
+    wait_for(lambda: gw1.remote_status().numexecuting == 0)
 
 
 def test_unwritable_destination_is_reported_per_file(gw1, gw2, dirs):
