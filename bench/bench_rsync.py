@@ -236,6 +236,8 @@ def main() -> None:
     ap.add_argument("--impls", default=",".join(IMPLS), help="subset of: %(default)s")
     ap.add_argument("--tree", type=Path, default=Path("/tmp/xn-bench-rsync/src"),
                     help="where the source tree is made (default /tmp/xn-bench-rsync/src)")
+    ap.add_argument("--work", type=Path,
+                    help="where the destinations go (default: next to the tree)")
     ap.add_argument("--timeout", type=float, default=300.0, help="worker timeout, s (300)")
     ap.add_argument("--venv", type=Path, default=C.DEFAULT_VENV,
                     help="reference venv (created if missing; default bench/.venv-ref)")
@@ -265,8 +267,8 @@ def drive(args, impls: list, tree: Path, cwd: str) -> None:
     for tool in TOOLS:
         interp[tool] = (ours_python, {})
     load_start = C.machine_line()
-    print(f"{load_start}; {args.rounds} rounds; tree {tree}")
-    work = tree.parent / "work"
+    work = (args.work or tree.parent / "work").absolute()
+    print(f"{load_start}; {args.rounds} rounds; tree {tree}, destinations in {work}")
     seeds = iter(range(1, 1_000_000))
     t0 = time.perf_counter()
 
