@@ -244,6 +244,22 @@ def test_report_send_file_hook_is_called_per_file_sent(gw1, dirs):
     assert sorted(reported) == [(gw1, "a", str(source), False), (gw1, "d/b", str(source), False)]
 
 
+def test_pytest_xdist_hostrsync(group, dirs, capfd):
+    workermanage = pytest.importorskip("xdist.workermanage")
+    source, dest, _ = dirs
+    write(source / "pkg" / "mod.py", "x = 1")
+    write(source / "pkg" / "mod.pyc", "ignored")
+    dest.mkdir()
+    gw = group.makegateway(f"popen//chdir={dest}")
+    finished = []
+    rs = workermanage.HostRSync(source / "pkg", verbose=True, ignores=["*.pyc"])
+    rs.add_target_host(gw, finished=lambda: finished.append(True))
+    rs.send()
+    assert tree(dest) == {"pkg": None, "pkg/mod.py": b"x = 1"}
+    assert finished == [True]
+    assert f"{gw.spec}:{dest} <= pkg/mod.py" in capfd.readouterr().out
+
+
 def test_modes_are_reproduced(gw1, dirs):
     source, dest, _ = dirs
     write(source / "file", "x")
