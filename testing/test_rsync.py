@@ -4,6 +4,7 @@ reference execnet 2.1.2 in both directions."""
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import importlib.util
 import json
@@ -35,6 +36,16 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 #            (zero-install: it gets the portable core and the receiver source,
 #            and copies with the receiver's pure-Python helpers)
 TARGETS = ["local", "pipe", "python3"]
+
+
+@pytest.fixture(autouse=True)
+def hang_guard():
+    """send() waits for its receivers without a timeout (as execnet's does):
+    should one hang, the test process dumps every thread's stack and exits
+    after 3 x TIMEOUT instead of hanging."""
+    faulthandler.dump_traceback_later(3 * TIMEOUT, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(params=TARGETS)
