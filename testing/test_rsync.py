@@ -774,6 +774,37 @@ def test_c_write_reports_a_full_file_size_limit(core, tmp_path):
     assert (tmp_path / "copy").read_bytes() == b"y" * 999
 
 
+def test_c_helpers_do_not_leak(core, tmp_path):
+    import tracemalloc
+
+    data = os.urandom(20_000)
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    core.rsync_write_file(src, data, 0, None)
+
+    def phase():
+        for _ in range(200):
+            assert core.rsync_read_file(src) == data
+            core.rsync_md5(data)
+            core.rsync_md5_file(src)
+            core.rsync_write_file(dst, data, 0o600, 5.5)
+            core.rsync_copy_file(src, dst, 0o600, 5.5)
+            for call in (core.rsync_read_file, core.rsync_md5_file):
+                with pytest.raises(OSError):
+                    call(str(tmp_path / "missing"))
+            with pytest.raises(OSError):
+                core.rsync_copy_file(src, str(tmp_path / "no" / "dst"), 0, None)
+
+    tracemalloc.start()
+    try:
+        phase()
+        first = tracemalloc.get_traced_memory()[0]
+        phase()
+        second = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert second - first < 50_000
+
+
 # -- interoperation with reference execnet 2.1.2 --------------------------------------
 
 
