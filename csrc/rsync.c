@@ -567,18 +567,16 @@ error:
     return NULL;
 }
 
-
-/* Copies from in to out until end of file (no GIL), in the kernel where it
- * can (copy_file_range), else through buf (size HASH_CHUNK).  Returns the
- * count copied; *err is 0, or the errno of the call that failed (EINTR
- * too), and *in_failed tells whether reading failed. */
+/* Copies from in to out until end of file inside the kernel (no GIL).
+ * Returns the count copied; *err is 0, or the errno of the call that failed
+ * (EINTR too); *unsupported is set, with nothing copied, where the kernel
+ * can't copy between these files (the caller copies through a buffer). */
 static uint64_t
-copy_fds(int in, int out, char *buf, int *use_kernel, int *err, int *in_failed)
+kernel_copy(int in, int out, int *err, int *unsupported)
 {
     uint64_t done = 0;
     *err = 0;
-    *in_failed = 0;
-    while (*use_kernel) {
+    for (;;) {
         ssize_t n = copy_file_range(in, NULL, out, NULL, 1 << 30, 0);
         if (n > 0) {
             done += (uint64_t)n;
@@ -588,30 +586,32 @@ copy_fds(int in, int out, char *buf, int *use_kernel, int *err, int *in_failed)
             return done;
         }
         if (done == 0 && (errno == ENOSYS || errno == EXDEV || errno == EINVAL ||
-                          errno == EOPNOTSUPP || errno == EPERM)) {
-            *use_kernel = 0; /* not here: copy it ourselves */
-            break;
+                          errno == EOPNOTSUPP)) {
+            *unsupported = 1;
+            return 0;
         }
         *err = errno;
         return done;
     }
+}
+
+/* Copies from in to out until end of file through buf (HASH_CHUNK bytes;
+ * no GIL).  Returns the count copied; *err is 0, or the errno of the call
+ * that failed (EINTR too), and *in_failed tells whether it was a read. */
+static uint64_t
+buffer_copy(int in, int out, char *buf, int *err, int *in_failed)
+{
+    uint64_t done = 0;
     for (;;) {
+        int werr;
         size_t put, got = read_upto(in, buf, HASH_CHUNK, err);
-        if (*err != 0) {
-            *in_failed = 1;
-            if (got == 0) {
-                return done;
-            }
-        }
-        {
-            int werr;
-            put = write_all(out, buf, got, &werr);
-            done += put;
-            if (werr != 0) {
-                *err = werr;
-                *in_failed = 0;
-                return done;
-            }
+        *in_failed = *err != 0;
+        put = write_all(out, buf, got, &werr);
+        done += put;
+        if (werr != 0) {
+            *err = werr;
+            *in_failed = 0;
+            return done;
         }
         if (*err != 0 || got < HASH_CHUNK) {
             return done;
@@ -636,7 +636,7 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     char *buf = NULL;
     struct timespec times[2];
     struct stat st;
-    int have_times = 0, in = -1, out = -1, use_kernel = 1, rc, err;
+    int have_times = 0, in = -1, out = -1, unsupported = 0, rc, err;
     long mode;
     uint64_t total = 0;
     (void)module;
@@ -653,11 +653,6 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (!PyUnicode_FSConverter(args[0], &source) ||
         !PyUnicode_FSConverter(args[1], &path)) {
-        goto error;
-    }
-    buf = PyMem_Malloc(HASH_CHUNK);
-    if (buf == NULL) {
-        PyErr_NoMemory();
         goto error;
     }
     in = open_path(source, O_RDONLY, args[0]);
@@ -678,15 +673,34 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     }
     for (;;) {
-        int in_failed;
         Py_BEGIN_ALLOW_THREADS
-        total += copy_fds(in, out, buf, &use_kernel, &err, &in_failed);
+        total += kernel_copy(in, out, &err, &unsupported);
         Py_END_ALLOW_THREADS
         if (err == 0) {
             break;
         }
-        if (retry_or_raise(err, in_failed ? args[0] : args[1]) < 0) {
+        /* the kernel does not say which side failed: name the destination */
+        if (retry_or_raise(err, args[1]) < 0) {
             goto error;
+        }
+    }
+    if (unsupported) {
+        buf = PyMem_Malloc(HASH_CHUNK);
+        if (buf == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        for (;;) {
+            int in_failed;
+            Py_BEGIN_ALLOW_THREADS
+            total += buffer_copy(in, out, buf, &err, &in_failed);
+            Py_END_ALLOW_THREADS
+            if (err == 0) {
+                break;
+            }
+            if (retry_or_raise(err, in_failed ? args[0] : args[1]) < 0) {
+                goto error;
+            }
         }
     }
     set_metadata(out, mode, times, have_times);

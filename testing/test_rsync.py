@@ -733,6 +733,21 @@ def test_c_write_and_copy_file(core, tmp_path):
     assert (tmp_path / "w").read_bytes() == b"short"
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_c_copy_file_between_filesystems(core, tmp_path):
+    # tmpfs to the test directory's filesystem: the kernel may refuse
+    # (EXDEV), then the copy goes through a buffer
+    import tempfile
+
+    data = os.urandom(3 * 1024 * 1024 + 11)
+    with tempfile.NamedTemporaryFile(dir="/dev/shm") as f:
+        f.write(data)
+        f.flush()
+        assert core.rsync_copy_file(f.name, str(tmp_path / "c"), 0, 7.0) == len(data)
+    assert (tmp_path / "c").read_bytes() == data
+    assert os.stat(tmp_path / "c").st_mtime == 7.0
+
+
 def test_c_helpers_raise_oserror_with_filename(core, tmp_path):
     missing = str(tmp_path / "missing")
     for call in (
