@@ -425,6 +425,16 @@ def test_many_files_and_large_ones(gw1, dirs):
     assert tree(dest) == tree(source)
 
 
+@pytest.mark.parametrize("execmodel", ["main_thread_only", "thread"])
+def test_worker_execmodels(group, dirs, execmodel):
+    source, dest, _ = dirs
+    for i in range(30):
+        write(source / f"d{i % 3}" / f"f{i}", os.urandom(i * 1000))
+    gw = group.makegateway(f"popen//execmodel={execmodel}")
+    sync(source, (gw, dest))
+    assert tree(dest) == tree(source)
+
+
 # -- progress display -------------------------------------------------------------
 
 
