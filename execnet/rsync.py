@@ -374,6 +374,18 @@ class RSync:
             _put(channel, None)
             return
         path = os.path.join(self._sourcedir, *components)
+        if target.local and checksum is None:
+            # the receiver copies it from our source directory (it started
+            # already) and reports a failure itself
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = 0
+            target.sizes[relpath] = size
+            self._requested(size)
+            self._report_send_file(channel.gateway, relpath)
+            _put(channel, (COPY, None))
+            return
         try:
             size = os.stat(path).st_size
             if checksum is not None and self._md5_file(path) == checksum:

@@ -241,6 +241,13 @@ class Receiver:
         self.failures = []
         self.acks = []
         self.acked = 0.0
+        self.pool = None
+        self.nthreads = 0
+        if _threads_allowed(channel):
+            try:
+                self.nthreads = int(os.environ.get("EXECNET_RSYNC_THREADS", WRITER_THREADS))
+            except ValueError:
+                self.nthreads = WRITER_THREADS
         if self.stream:
             hello = {
                 "version": STREAM_VERSION,
@@ -349,7 +356,13 @@ class Receiver:
                 self.fail(relpath, exc)
                 return
         self.channel.send(("send", (components, checksum)))
-        self.pending.append((path, relpath, mode, mtime))
+        early = checksum is None and self.source is not None
+        if early:
+            # our master answers "copy" to this: start at once, while the
+            # tree is still arriving
+            source = os.path.join(self.source, *components)
+            self.do_file(relpath, self.copy_file, source, path, mode or 0, mtime)
+        self.pending.append((path, relpath, mode, mtime, early))
 
     # -- the content -----------------------------------------------------------
 
@@ -371,44 +384,45 @@ class Receiver:
         self.acked = time.monotonic()
 
     def transfer(self):
-        pool = None
-        try:
-            nthreads = int(os.environ.get("EXECNET_RSYNC_THREADS", WRITER_THREADS))
-        except ValueError:
-            nthreads = WRITER_THREADS
-        if nthreads > 0 and len(self.pending) > 1 and _threads_allowed(self.channel):
-            pool = _Pool(nthreads)
-        try:
-            for path, relpath, mode, mtime in self.pending:
-                data = self.channel.receive()
-                self.ack(relpath)
-                if data is None:
-                    _set_metadata(path, mode, mtime)
-                elif self.stream and data == (COPY, None) and self.source is not None:
-                    source = os.path.join(self.source, *relpath.split("/"))
-                    self.do_file(pool, relpath, self.copy_file, source, path, mode or 0, mtime)
-                elif self.stream and data == (CHUNKED, None):
-                    self.receive_pieces(path, relpath, mode, mtime)
-                elif isinstance(data, bytes):
-                    self.do_file(pool, relpath, self.write_file, path, data, mode or 0, mtime)
-                else:
-                    raise ValueError(f"rsync: bad content item for {relpath!r}")
-        finally:
-            failures = pool.join() if pool is not None else []
-        for relpath, exc in failures:
-            if not isinstance(exc, OSError):
-                raise exc
-            self.fail(relpath, exc)
+        for path, relpath, mode, mtime, early in self.pending:
+            data = self.channel.receive()
+            self.ack(relpath)
+            if early:
+                if data != (COPY, None):
+                    raise ValueError(f"rsync: expected a copy reply for {relpath!r}")
+            elif data is None:
+                _set_metadata(path, mode, mtime)
+            elif self.stream and data == (COPY, None) and self.source is not None:
+                source = os.path.join(self.source, *relpath.split("/"))
+                self.do_file(relpath, self.copy_file, source, path, mode or 0, mtime)
+            elif self.stream and data == (CHUNKED, None):
+                self.receive_pieces(path, relpath, mode, mtime)
+            elif isinstance(data, bytes):
+                self.do_file(relpath, self.write_file, path, data, mode or 0, mtime)
+            else:
+                raise ValueError(f"rsync: bad content item for {relpath!r}")
+        self.finish_files()
         self.flush_acks()
 
-    def do_file(self, pool, relpath, function, *args):
-        """function(*args) on the pool, or now; an OSError fails relpath."""
-        if pool is not None:
-            pool.submit(relpath, function, *args)
+    def do_file(self, relpath, function, *args):
+        """function(*args) on the pool of writer threads, or now; an OSError
+        fails relpath."""
+        if self.pool is None and self.nthreads > 0:
+            self.pool = _Pool(self.nthreads)
+        if self.pool is not None:
+            self.pool.submit(relpath, function, *args)
             return
         try:
             function(*args)
         except OSError as exc:
+            self.fail(relpath, exc)
+
+    def finish_files(self):
+        """Wait for the writer threads; report what they could not write."""
+        pool, self.pool, self.nthreads = self.pool, None, 0
+        for relpath, exc in pool.join() if pool is not None else ():
+            if not isinstance(exc, OSError):
+                raise exc
             self.fail(relpath, exc)
 
     def receive_pieces(self, path, relpath, mode, mtime):
@@ -497,9 +511,13 @@ class Receiver:
                 )
 
     def run(self):
-        self.visit(self.destdir, [])
-        self.channel.send(("list_done", None))
-        self.transfer()
+        try:
+            self.visit(self.destdir, [])
+            self.channel.send(("list_done", None))
+            self.transfer()
+        finally:
+            if self.pool is not None:  # an error: let the writers end
+                self.pool.join()
         self.channel.send(("links", None))
         self.links()
         self.channel.send(("done", None))
