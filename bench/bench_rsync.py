@@ -31,7 +31,11 @@ The execnet implementations sync to a `popen//chdir=DIR` gateway with
 destination "dest" (relative, so inside DIR); the gateway is started and
 warmed up before the clock starts, and terminated after it stopped.
 os.sync() runs before every timed sync so that no earlier run's writeback
-competes with it.  After every sync the destination is checked (file count,
+competes with it.  Each worker deletes its destination when it is done;
+with --recycle the next worker deletes it instead, just before its timed
+sync (on the project's virtual machine, writing new files right after
+200 MiB were deleted is often much faster than after a pause: see
+README.md).  After every sync the destination is checked (file count,
 total size, and the content of the changed files).  The driver runs --rounds
 rounds, every case for every implementation, in an order rotated from round
 to round, and prints medians with their spread and the median of per-round
@@ -144,14 +148,18 @@ def check_dest(src: Path, dest: Path, changed: dict) -> None:
 # -- worker side ---------------------------------------------------------------------
 
 
-def timed(run) -> float:
+def timed(run, work: Path, keep: Path, recycle: bool) -> float:
+    if recycle:  # the previous worker's destination goes just now
+        for entry in work.iterdir():
+            if entry != keep:
+                shutil.rmtree(entry, ignore_errors=True)
     os.sync()
     t0 = time.perf_counter()
     run()
     return time.perf_counter() - t0
 
 
-def worker(impl: str, case: str, src: str, work: str, seed: int) -> dict:
+def worker(impl: str, case: str, src: str, work: str, seed: int, recycle: bool) -> dict:
     out = C.worker_info(impl, case)
     src_path, base = Path(src), Path(work) / impl
     dest = base / "dest"
@@ -183,19 +191,20 @@ def worker(impl: str, case: str, src: str, work: str, seed: int) -> dict:
                 rs.send()
 
         if case == "full":
-            out["seconds"] = timed(sync)
+            out["seconds"] = timed(sync, Path(work), base, recycle)
             check_dest(src_path, dest, {})
         else:
             sync()  # untimed: a complete copy
             changed = change_files(src_path, seed)
-            out["seconds"] = timed(sync)
+            out["seconds"] = timed(sync, Path(work), base, recycle)
             check_dest(src_path, dest, changed)
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
     finally:
         if group is not None:
             group.terminate(10.0)
-        shutil.rmtree(base, ignore_errors=True)
+        if not recycle or "error" in out:
+            shutil.rmtree(base, ignore_errors=True)
     return out
 
 
@@ -238,16 +247,20 @@ def main() -> None:
                     help="where the source tree is made (default /tmp/xn-bench-rsync/src)")
     ap.add_argument("--work", type=Path,
                     help="where the destinations go (default: next to the tree)")
+    ap.add_argument("--recycle", action="store_true",
+                    help="delete each destination just before the next timed sync "
+                         "(instead of at the end of its own worker)")
     ap.add_argument("--timeout", type=float, default=300.0, help="worker timeout, s (300)")
     ap.add_argument("--venv", type=Path, default=C.DEFAULT_VENV,
                     help="reference venv (created if missing; default bench/.venv-ref)")
     ap.add_argument("--json", metavar="OUT", type=Path, help="also save raw numbers here")
-    ap.add_argument("--worker", nargs=5, metavar=("IMPL", "CASE", "SRC", "WORK", "SEED"),
+    ap.add_argument("--worker", nargs=6,
+                    metavar=("IMPL", "CASE", "SRC", "WORK", "SEED", "RECYCLE"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        impl, case, src, work, seed = args.worker
-        C.emit(worker(impl, case, src, work, int(seed)))
+        impl, case, src, work, seed, recycle = args.worker
+        C.emit(worker(impl, case, src, work, int(seed), recycle == "1"))
         return
     impls = args.impls.split(",")
     if unknown := set(impls) - set(IMPLS):
@@ -268,15 +281,21 @@ def drive(args, impls: list, tree: Path, cwd: str) -> None:
         interp[tool] = (ours_python, {})
     load_start = C.machine_line()
     work = (args.work or tree.parent / "work").absolute()
-    print(f"{load_start}; {args.rounds} rounds; tree {tree}, destinations in {work}")
+    print(f"{load_start}; {args.rounds} rounds; tree {tree}, destinations in {work}"
+          f"{', recycled' if args.recycle else ''}")
     seeds = iter(range(1, 1_000_000))
     t0 = time.perf_counter()
 
     def measure(impl, case):
-        return C.run_worker(__file__, impl, case, [str(tree), str(work), str(next(seeds))],
+        return C.run_worker(__file__, impl, case,
+                            [str(tree), str(work), str(next(seeds)), str(int(args.recycle))],
                             interp, cwd, args.timeout)
 
-    results, samples = C.interleaved_rounds(args.rounds, CASES, impls, measure, venv)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        results, samples = C.interleaved_rounds(args.rounds, CASES, impls, measure, venv)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     for s in samples:
         if s["impl"] in ("ours-c", "ours-c-pipe") and s.get("backend", "c") != "c":
             print(f"WARNING: {s['impl']} ran with backend {s['backend']}")
