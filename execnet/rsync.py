@@ -364,6 +364,8 @@ class RSync:
             print(f"{channel.gateway!r} !! {relpath}: {why}", file=sys.stderr)
 
     def _send_file(self, target, components, checksum) -> None:
+        """Answer a receiver's request for a file's content: the bytes, the
+        bytes in pieces, "copy it yourself", or None (unchanged or unreadable)."""
         channel = target.channel
         relpath = "/".join(map(str, components))
         if not all(
@@ -381,45 +383,43 @@ class RSync:
                 size = os.stat(path).st_size
             except OSError:
                 size = 0
-            target.sizes[relpath] = size
-            self._requested(size)
-            self._report_send_file(channel.gateway, relpath)
+            self._account(target, relpath, size, announce=True)
             _put(channel, (COPY, None))
             return
         try:
             size = os.stat(path).st_size
             if checksum is not None and self._md5_file(path) == checksum:
                 # same content: the receiver only fixes mode and times
-                target.sizes[relpath] = size
-                self._requested(size)
+                self._account(target, relpath, size, announce=False)
                 _put(channel, None)
                 return
             if target.local:
-                # the receiver copies it from our source directory
-                target.sizes[relpath] = size
-                self._requested(size)
-                self._report_send_file(channel.gateway, relpath)
+                self._account(target, relpath, size, announce=True)
                 _put(channel, (COPY, None))
                 return
             if target.stream and size >= PIECE_SIZE:
-                target.sizes[relpath] = size
-                self._requested(size)
-                self._report_send_file(channel.gateway, relpath)
+                self._account(target, relpath, size, announce=True)
                 self._send_pieces(target, path, relpath)
                 return
             data = self._read_file(path)
             if len(data) > MAX_ITEM:
                 raise OSError(f"{len(data)} bytes: too large for one item")
         except OSError as exc:
-            target.sizes[relpath] = 0
-            self._requested(0)
+            self._account(target, relpath, 0, announce=False)
             self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
             _put(channel, None)
             return
-        target.sizes[relpath] = len(data)
-        self._requested(len(data))
-        self._report_send_file(channel.gateway, relpath)
+        self._account(target, relpath, len(data), announce=True)
         _put(channel, data)
+
+    def _account(self, target, relpath, size, announce) -> None:
+        """Count a requested file for the callback and the progress display;
+        announce it (verbose) if its content goes out."""
+        target.sizes[relpath] = size
+        if self._progress is not None:
+            self._progress.requested(size)
+        if announce:
+            self._report_send_file(target.channel.gateway, relpath)
 
     def _send_pieces(self, target, path, relpath) -> None:
         """Send a large file as pieces ended by None (or False on failure)."""
@@ -444,10 +444,6 @@ class RSync:
             _put(channel, None)
         finally:
             os.close(fd)
-
-    def _requested(self, size) -> None:
-        if self._progress is not None:
-            self._progress.requested(size)
 
     def _report_send_file(self, gateway, modified_rel_path) -> None:
         """Announce a file whose content is being sent (when verbose)."""
