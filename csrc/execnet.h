@@ -209,6 +209,12 @@ int xn_write_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid
 PyObject *xn_load_payload(xn_state *st, const char *data, Py_ssize_t n,
                           PyObject *owner);
 
+/* ---- rsync.c ------------------------------------------------------------- */
+
+/* Adds the rsync_* file helpers (MD5, whole-file read and write) to the
+ * module.  Returns 0, or -1 with an exception set. */
+int xn_rsync_add_functions(PyObject *module);
+
 /* ---- channel.c: the native item queue of a channel ----------------------- */
 
 /* One serialized item, as it came off the wire. */

@@ -309,6 +309,9 @@ module_exec(PyObject *module)
     if (xn_unserializer_add_functions(module) < 0) {
         return -1;
     }
+    if (xn_rsync_add_functions(module) < 0) {
+        return -1;
+    }
     st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &xn_connection_spec, NULL);
     if (st->ConnectionType == NULL) {
