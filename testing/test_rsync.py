@@ -488,12 +488,21 @@ def test_file_vanishing_mid_sync_is_reported(gw1, dirs):
     assert (dest / second / "file").read_text() == second
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file_is_reported_rest_syncs(gw1, dirs):
+def test_unreadable_file_is_reported_rest_syncs(gw1, dirs, monkeypatch):
     source, dest, _ = dirs
     write(source / "secret", "s")
     write(source / "public", "p")
-    os.chmod(source / "secret", 0)
+    # fault injection (root reads any file): the master reads every file
+    # (no local copies) and cannot read this one
+    read_file, md5_file = rsync._file_helpers()
+
+    def failing_read(path):
+        if str(path) == str(source / "secret"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_file(path)
+
+    monkeypatch.setattr(rsync, "_file_helpers", lambda: (failing_read, md5_file))
+    monkeypatch.setattr(execnet.RSync, "_local_offer", lambda self: None)
     failures = sync(source, (gw1, dest), raises=False)
     assert [relpath for _, relpath, _ in failures] == ["secret"]
     assert (dest / "public").read_text() == "p"
