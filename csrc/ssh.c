@@ -61,7 +61,9 @@ typedef struct {
     char dead_text[200];
     xn_sshchan *chans;
     int next_id;
-    int busy; /* a blocking call runs before start() */
+    int busy;    /* a blocking call runs before start() */
+    int users;   /* threads waiting inside open_channel or wait_channel */
+    int closing; /* close() runs: waiters leave */
 } xn_ssh_core;
 
 typedef struct {
@@ -1059,6 +1061,17 @@ started_core(xn_ssh_session *self)
     return self->core;
 }
 
+/* Counts the calling thread as a user of core, so that close() waits for
+ * it to leave.  Called with the GIL held, which close() also holds when it
+ * takes the core away; returns nothing. */
+static void
+enter_core(xn_ssh_core *core)
+{
+    pthread_mutex_lock(&core->lock);
+    core->users++;
+    pthread_mutex_unlock(&core->lock);
+}
+
 /* Waits on core->cond until deadline_ns (monotonic; <0: a slice of 50 ms
  * for Ctrl-C).  core->lock held, no GIL.  Returns nothing. */
 static void
@@ -1138,6 +1151,7 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
         PyErr_SetFromErrno(PyExc_OSError);
         goto error;
     }
+    enter_core(core);
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&core->lock);
     if (core->dead) {
@@ -1155,6 +1169,10 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
         for (;;) {
             state = c->state;
             if (state != CH_REQUESTED) {
+                break;
+            }
+            if (core->closing) {
+                snprintf(error, sizeof error, "the ssh session was closed");
                 break;
             }
             if (deadline >= 0 && xn_monotonic_ns() >= deadline) {
@@ -1183,6 +1201,9 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
         }
         id = c->id;
         c = NULL; /* the pump owns it now */
+    }
+    if (--core->users == 0) {
+        pthread_cond_broadcast(&core->cond);
     }
     pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
@@ -1250,6 +1271,7 @@ session_wait_channel(xn_ssh_session *self, PyObject *args)
     if (deadline == -2) {
         return NULL;
     }
+    enter_core(core);
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&core->lock);
     for (;;) {
@@ -1263,7 +1285,8 @@ session_wait_channel(xn_ssh_session *self, PyObject *args)
             status = c->exit_status;
             break;
         }
-        if (deadline >= 0 && xn_monotonic_ns() >= deadline) {
+        if (core->closing ||
+            (deadline >= 0 && xn_monotonic_ns() >= deadline)) {
             break;
         }
         pthread_mutex_unlock(&core->lock);
@@ -1275,6 +1298,9 @@ session_wait_channel(xn_ssh_session *self, PyObject *args)
             break;
         }
         wait_until(core, deadline);
+    }
+    if (--core->users == 0) {
+        pthread_cond_broadcast(&core->cond);
     }
     pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
@@ -1306,6 +1332,14 @@ session_close(xn_ssh_session *self, PyObject *Py_UNUSED(ignored))
     }
     self->core = NULL;
     Py_BEGIN_ALLOW_THREADS
+    /* threads waiting in the core leave before it goes */
+    pthread_mutex_lock(&core->lock);
+    core->closing = 1;
+    pthread_cond_broadcast(&core->cond);
+    while (core->users > 0) {
+        pthread_cond_wait(&core->cond, &core->lock);
+    }
+    pthread_mutex_unlock(&core->lock);
     core_free(core, 1);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;

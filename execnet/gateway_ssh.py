@@ -431,9 +431,9 @@ def _authenticate(session, target: SshTarget) -> None:
         identities_only = str(target.options.get("identitiesonly", "no")).lower() == "yes"
         agent = target.options.get("identityagent")
         if identities_only and target.identities:
-            pass
+            tried.append("agent (not used: IdentitiesOnly)")
         elif agent is not None and agent.lower() == "none":
-            pass
+            tried.append("agent (not used: IdentityAgent none)")
         elif agent is None and not os.environ.get("SSH_AUTH_SOCK"):
             tried.append("agent (SSH_AUTH_SOCK not set)")
         else:
@@ -599,20 +599,32 @@ class SshNativeIO(Popen2IO):
         self.remoteaddress = spec.ssh
 
     def wait(self):
-        """The remote command's exit status once the channel is over."""
-        status = self._shared.session.wait_channel(self._chan)
+        """The remote command's exit status once the channel is over (None
+        after kill())."""
+        if not self._released:
+            try:
+                status = self._shared.session.wait_channel(self._chan)
+            except _execnet.SshError:
+                status = None  # the session was closed meanwhile
+            self._release(status)
+        return self._status
+
+    def kill(self) -> None:
+        """End the channel; its worker sees end of file on its input."""
+        if self._released:
+            return
+        try:
+            self._shared.session.close_channel(self._chan)
+        except _execnet.SshError:
+            pass  # the session is already gone
+        self._release(None)
+
+    def _release(self, status) -> None:
         with self._lock:
             if not self._released:
                 self._released = True
                 self._status = status
                 release(self._shared, self._chan)
-        return self._status
-
-    def kill(self) -> None:
-        try:
-            self._shared.session.close_channel(self._chan)
-        except _execnet.SshError:
-            pass  # the session is already gone
 
     def __repr__(self) -> str:
         return f"<SshNativeIO {self.remoteaddress} channel {self._chan}>"
