@@ -450,3 +450,16 @@ def test_program_transport_builds_the_reference_command_line(tmp_path):
     assert gateway_io.ssh_args(spec)[:6] == ["ssh", "-C", "-F", "/cfg", "-p", "22100"]
     spec.ssh_transport = "program"
     assert gateway_ssh.choose_transport(spec) == "program"
+
+
+def test_idle_native_session_does_not_spin(group, server):
+    gw = group.makegateway(ssh_spec(server, "native"))
+    channel = gw.remote_exec("channel.send(1); channel.receive()")
+    assert channel.receive(TIMEOUT) == 1
+    before = os.times()
+    time.sleep(0.5)  # a measurement window, not synchronisation
+    after = os.times()
+    used = (after.user - before.user) + (after.system - before.system)
+    assert used < 0.1, f"{used:.2f} s of CPU in 0.5 s of waiting"
+    channel.send(None)
+    channel.waitclose(TIMEOUT)
