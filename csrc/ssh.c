@@ -724,6 +724,34 @@ error:
     return NULL;
 }
 
+/* set_hostkey_methods(prefs): the host key algorithms to offer, best
+ * first, comma-separated (those libssh2 lacks are left out).  Returns
+ * None, or NULL with SshError set. */
+static PyObject *
+session_set_hostkey_methods(xn_ssh_session *self, PyObject *args)
+{
+    const char *prefs;
+    int rc;
+    xn_ssh_core *core;
+
+    if (!PyArg_ParseTuple(args, "s:set_hostkey_methods", &prefs)) {
+        return NULL;
+    }
+    core = claim_setup(self);
+    if (core == NULL) {
+        return NULL;
+    }
+    rc = libssh2_session_method_pref(core->s, LIBSSH2_METHOD_HOSTKEY, prefs);
+    core->busy = 0;
+    if (rc != 0) {
+        PyErr_Format(ssh_error_class((PyObject *)self),
+                     "no usable host key algorithm in %s: %s", prefs,
+                     last_error_text(core->s));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* handshake(): key exchange.  Returns None, or NULL with SshError set. */
 static PyObject *
 session_handshake(xn_ssh_session *self, PyObject *Py_UNUSED(ignored))
@@ -1397,6 +1425,10 @@ session_dealloc(xn_ssh_session *self)
 }
 
 static PyMethodDef session_methods[] = {
+    {"set_hostkey_methods", (PyCFunction)session_set_hostkey_methods,
+     METH_VARARGS,
+     "set_hostkey_methods(prefs)\n--\n\nHost key algorithms to offer, best "
+     "first."},
     {"handshake", (PyCFunction)session_handshake, METH_NOARGS,
      "handshake()\n--\n\nKey exchange with the server (blocking)."},
     {"check_host_key", (PyCFunction)session_check_host_key, METH_VARARGS,
@@ -1452,6 +1484,54 @@ static PyType_Spec session_spec = {
     .slots = session_slots,
 };
 
+/* hostkey_algorithms(): the host key algorithms this libssh2 has.
+ * Returns a new list of str, or NULL with an exception set. */
+static PyObject *
+ssh_hostkey_algorithms(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    LIBSSH2_SESSION *s = libssh2_session_init();
+    const char **algs = NULL;
+    PyObject *list = NULL, *name = NULL;
+    int n;
+
+    (void)module;
+    if (s == NULL) {
+        return PyErr_NoMemory();
+    }
+    n = libssh2_session_supported_algs(s, LIBSSH2_METHOD_HOSTKEY, &algs);
+    if (n < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "libssh2 does not list its host key algorithms");
+        goto error;
+    }
+    list = PyList_New(0);
+    if (list == NULL) {
+        goto error;
+    }
+    for (int i = 0; i < n; i++) {
+        name = PyUnicode_FromString(algs[i]);
+        if (name == NULL || PyList_Append(list, name) < 0) {
+            Py_CLEAR(list);
+            goto error;
+        }
+        Py_CLEAR(name);
+    }
+
+error:
+    Py_XDECREF(name);
+    if (algs != NULL) {
+        libssh2_free(s, (void *)algs);
+    }
+    libssh2_session_free(s);
+    return list;
+}
+
+static PyMethodDef ssh_functions[] = {
+    {"ssh_hostkey_algorithms", ssh_hostkey_algorithms, METH_NOARGS,
+     "ssh_hostkey_algorithms()\n--\n\nThe host key algorithms libssh2 has."},
+    {NULL, NULL, 0, NULL},
+};
+
 /* Returns 0 having added HAVE_LIBSSH2, LIBSSH2_VERSION, SshError and
  * SshSession to module, or -1 with an exception set. */
 int
@@ -1480,6 +1560,9 @@ xn_ssh_add(PyObject *module)
     Py_INCREF(st->SshError);
     if (PyModule_AddObject(module, "SshError", st->SshError) < 0) {
         Py_DECREF(st->SshError);
+        return -1;
+    }
+    if (PyModule_AddFunctions(module, ssh_functions) < 0) {
         return -1;
     }
     st->SshSessionType =

@@ -9,9 +9,11 @@ channel each.  See doc/ssh.md.
 
 from __future__ import annotations
 
-import fnmatch
+import binascii
 import getpass
+import hmac
 import os
+import re
 import shlex
 import socket
 import threading
@@ -199,6 +201,15 @@ def _split_args(text: str) -> list:
         return text.split()
 
 
+def _wildcard_match(pattern: str, text: str) -> bool:
+    """True if text matches pattern, where only * and ? are special (so
+    "[host]:port" is literal, unlike in fnmatch)."""
+    regex = "".join(
+        ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern
+    )
+    return re.fullmatch(regex, text, re.DOTALL) is not None
+
+
 def host_matches(patterns: list, host: str) -> bool:
     """True if host matches a Host line's patterns: some pattern matches
     and no negated one does (``*`` and ``?`` wildcards)."""
@@ -208,7 +219,7 @@ def host_matches(patterns: list, host: str) -> bool:
             negated = single.startswith("!")
             if negated:
                 single = single[1:]
-            if fnmatch.fnmatchcase(host.lower(), single.lower()):
+            if _wildcard_match(single.lower(), host.lower()):
                 if negated:
                     return False
                 matched = True
@@ -344,6 +355,13 @@ def choose_transport(spec, target: SshTarget | None = None) -> str:
         except NativeUnsupported as exc:
             target = SshTarget()
             target.unsupported.append(str(exc))
+    if not target.unsupported:
+        kinds = known_key_types(target)
+        if kinds and not any(_checkable(kind) for kind in kinds):
+            target.unsupported.append(
+                f"the host keys known for {target.hostname} ({', '.join(kinds)}) "
+                f"need host key algorithms libssh2 {LIBSSH2_VERSION} lacks"
+            )
     if target.unsupported:
         if wanted == "native":
             raise ValueError(
@@ -416,6 +434,89 @@ def _check_host_key(session, spec, target: SshTarget) -> None:
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     with open(path, "a", encoding="ascii") as f:
         f.write(line.rstrip("\n") + "\n")
+
+
+def _known_host_matches(field: str, name: str) -> bool:
+    """True if a known_hosts host field (patterns, or one hashed name)
+    names name."""
+    if field.startswith("|1|"):
+        parts = field.split("|")
+        if len(parts) != 4:
+            return False
+        try:
+            salt = binascii.a2b_base64(parts[2])
+            digest = binascii.a2b_base64(parts[3])
+        except binascii.Error:
+            return False
+        return hmac.compare_digest(hmac.new(salt, name.encode(), "sha1").digest(), digest)
+    return host_matches([field], name)
+
+
+def known_key_types(target: SshTarget) -> list:
+    """The key types recorded for target in its known-hosts files, in the
+    order first seen."""
+    name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+    user_files, global_files = _known_hosts_files(target)
+    kinds: list = []
+    for path in user_files + global_files:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 3 or fields[0].startswith(("#", "@")):
+                continue
+            if _known_host_matches(fields[0], name) and fields[1] not in kinds:
+                kinds.append(fields[1])
+    return kinds
+
+
+# host key algorithms by the key type that known_hosts records
+_HOSTKEY_ALGORITHMS = {
+    "ssh-ed25519": ["ssh-ed25519"],
+    "ecdsa-sha2-nistp256": ["ecdsa-sha2-nistp256"],
+    "ecdsa-sha2-nistp384": ["ecdsa-sha2-nistp384"],
+    "ecdsa-sha2-nistp521": ["ecdsa-sha2-nistp521"],
+    "ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
+    "ssh-dss": ["ssh-dss"],
+}
+_HOSTKEY_DEFAULT = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                    "ecdsa-sha2-nistp521", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
+
+
+_supported_hostkey_algorithms = None
+
+
+def supported_hostkey_algorithms() -> list:
+    """The host key algorithms of our libssh2 (empty without it)."""
+    global _supported_hostkey_algorithms
+    if _supported_hostkey_algorithms is None:
+        _supported_hostkey_algorithms = (
+            _execnet.ssh_hostkey_algorithms() if HAVE_NATIVE else []
+        )
+    return _supported_hostkey_algorithms
+
+
+def _checkable(kind: str) -> bool:
+    """True if our libssh2 can have a server show a key of this type.
+    RSA keys need rsa-sha2-*: SHA-1 "ssh-rsa" is off in today's servers."""
+    wanted = _HOSTKEY_ALGORITHMS.get(kind, [])
+    if kind == "ssh-rsa":
+        wanted = wanted[:2]
+    return any(a in supported_hostkey_algorithms() for a in wanted)
+
+
+def hostkey_preference(target: SshTarget) -> str:
+    """The host key algorithms to offer, those of recorded keys first (as
+    OpenSSH does), so that the server shows the key we can check."""
+    order: list = []
+    for kind in known_key_types(target):
+        order += [a for a in _HOSTKEY_ALGORITHMS.get(kind, []) if a not in order]
+    order += [a for a in _HOSTKEY_DEFAULT if a not in order]
+    supported = supported_hostkey_algorithms()
+    return ",".join(a for a in order if a in supported)
 
 
 _DEFAULT_IDENTITIES = ("~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ed25519")
@@ -504,6 +605,7 @@ def connect(spec, target: SshTarget):
         pass
     session = _execnet.SshSession(sock.detach(), TIMEOUT)
     try:
+        session.set_hostkey_methods(hostkey_preference(target))
         try:
             session.handshake()
         except _execnet.SshError as exc:
@@ -526,7 +628,10 @@ class _Shared:
         self.channels: set = set()
 
 
+# target -> the session new channels go to; _open: every open session
+# (a session sshd refused more channels on stays open for those it has)
 _registry: dict = {}
+_open: set = set()
 _registry_lock = threading.Lock()
 
 
@@ -551,22 +656,39 @@ def open_channel(spec, target: SshTarget, command: str):
             _drop(shared)
             shared = None
         if shared is None:
-            shared = _Shared(key, connect(spec, target))
-            _registry[key] = shared
+            shared = _new_shared(spec, target, key)
         try:
             chan_id, rfd, wfd = shared.session.open_channel(command, TIMEOUT)
         except _execnet.SshError as exc:
-            if not shared.channels:
+            if not shared.channels or not shared.session.alive:
+                if not shared.channels:
+                    _drop(shared)
+                raise HostNotFound(gateway_io._text_value(spec, "ssh")) from exc
+            # sshd allows a number of channels per connection (MaxSessions):
+            # this one is full, new channels go to a new connection
+            shared = _new_shared(spec, target, key)
+            try:
+                chan_id, rfd, wfd = shared.session.open_channel(command, TIMEOUT)
+            except _execnet.SshError as exc2:
                 _drop(shared)
-            raise HostNotFound(gateway_io._text_value(spec, "ssh")) from exc
+                raise HostNotFound(gateway_io._text_value(spec, "ssh")) from exc2
         shared.channels.add(chan_id)
         return shared, chan_id, rfd, wfd
+
+
+def _new_shared(spec, target: SshTarget, key) -> _Shared:
+    """A new session for target, where new channels go (lock held)."""
+    shared = _Shared(key, connect(spec, target))
+    _registry[key] = shared
+    _open.add(shared)
+    return shared
 
 
 def _drop(shared: _Shared) -> None:
     """Forget and close shared's session (registry lock held)."""
     if _registry.get(shared.key) is shared:
         del _registry[shared.key]
+    _open.discard(shared)
     shared.session.close()
 
 
@@ -581,9 +703,7 @@ def release(shared: _Shared, chan_id: int) -> None:
 def shared_sessions() -> list:
     """The sessions currently open: (user, host, port, channel count)."""
     with _registry_lock:
-        return [
-            (s.key[0], s.key[1], s.key[2], len(s.channels)) for s in _registry.values()
-        ]
+        return sorted((s.key[0], s.key[1], s.key[2], len(s.channels)) for s in _open)
 
 
 class SshNativeIO(Popen2IO):

@@ -53,15 +53,24 @@ def _free_port() -> int:
 class SshServer:
     """An sshd serving the current user with a throw-away key."""
 
-    def __init__(self, directory) -> None:
+    def __init__(self, directory, extra_host_keys=(), sshd_options: str = "") -> None:
+        """extra_host_keys: key types ("rsa", ...) the server has besides
+        its ed25519 host key (files host_key_<type>); sshd_options: more
+        sshd_config lines."""
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
         self.host = "127.0.0.1"
         self.host_key = self.dir / "host_key"
         self.user_key = self.dir / "id_ed25519"
+        self.sshd_options = sshd_options
         _keygen(self.host_key)
         _keygen(self.user_key)
+        self.extra_host_keys = []
+        for kind in extra_host_keys:
+            path = self.dir / f"host_key_{kind}"
+            _keygen(path, kind)
+            self.extra_host_keys.append(path)
         self.authorized_keys = self.dir / "authorized_keys"
         self.authorized_keys.write_bytes(Path(str(self.user_key) + ".pub").read_bytes())
         self.known_hosts = self.dir / "known_hosts"
@@ -87,6 +96,8 @@ class SshServer:
             f"ListenAddress {self.host}\n"
             f"Port {self.port}\n"
             f"HostKey {self.host_key}\n"
+            + "".join(f"HostKey {path}\n" for path in self.extra_host_keys)
+            + f"{self.sshd_options}\n"
             f"AuthorizedKeysFile {self.authorized_keys}\n"
             f"PidFile {d / 'sshd.pid'}\n"
             "StrictModes no\n"
@@ -122,6 +133,11 @@ class SshServer:
             "    BatchMode yes\n"
             + extra
         )
+
+    def known_hosts_line(self, key_file) -> str:
+        """The known_hosts line of one of the server's host keys."""
+        kind, key = Path(str(key_file) + ".pub").read_text().split()[:2]
+        return f"[{self.host}]:{self.port} {kind} {key}\n"
 
     def write_client_config(self, name: str, **kwargs) -> Path:
         path = self.dir / name

@@ -382,6 +382,9 @@ def test_parse_ssh_value():
         (["*", "!secret"], "public", True),
         (["a,b"], "b", True),
         (["A"], "a", True),
+        (["[h]:22"], "[h]:22", True),
+        (["[h]:22"], "h", False),
+        (["a.b"], "axb", False),
     ],
 )
 def test_host_patterns(patterns, host, expected):
@@ -463,3 +466,79 @@ def test_idle_native_session_does_not_spin(group, server):
     assert used < 0.1, f"{used:.2f} s of CPU in 0.5 s of waiting"
     channel.send(None)
     channel.waitclose(TIMEOUT)
+
+
+# --- a server with an RSA host key too, and at most two channels a connection ----------
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    server = sshd.SshServer(
+        tmp_path_factory.mktemp("sshd-small"),
+        extra_host_keys=["ecdsa", "rsa"],
+        sshd_options="MaxSessions 2",
+    )
+    yield server
+    server.stop()
+
+
+def test_host_key_type_follows_known_hosts(group, small_server, transport, tmp_path):
+    # only the ECDSA key is known: the client must ask for it, not for ed25519
+    known = tmp_path / "known_hosts"
+    known.write_text(small_server.known_hosts_line(small_server.extra_host_keys[0]))
+    config = tmp_path / "cfg"
+    config.write_text(small_server.client_config(known_hosts=known))
+    gw = group.makegateway(ssh_spec(small_server, transport, config=config))
+    assert gw.remote_exec("channel.send(1)").receive(TIMEOUT) == 1
+
+
+def test_host_known_by_rsa_key_only(group, small_server, tmp_path):
+    # libssh2 before 1.11 has no rsa-sha2-*: then the ssh program is used
+    known = tmp_path / "known_hosts"
+    known.write_text(small_server.known_hosts_line(small_server.extra_host_keys[1]))
+    config = tmp_path / "cfg"
+    config.write_text(small_server.client_config(known_hosts=known))
+    spec = ssh_spec(small_server, "auto", config=config)
+    native = "rsa-sha2-256" in gateway_ssh.supported_hostkey_algorithms()
+    gw = group.makegateway(spec)
+    assert isinstance(gw._io, gateway_ssh.SshNativeIO) is native
+    assert gw.remote_exec("channel.send(1)").receive(TIMEOUT) == 1
+    if not native:
+        with pytest.raises(ValueError, match="ssh-rsa"):
+            group.makegateway(ssh_spec(small_server, "native", config=config))
+
+
+def test_hashed_known_hosts_entry(small_server, tmp_path):
+    hashed = tmp_path / "known_hosts"
+    shutil.copy(small_server.known_hosts, hashed)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-H", "-f", str(hashed)],
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert hashed.read_text().startswith("|1|")
+    config = tmp_path / "cfg"
+    config.write_text(small_server.client_config(known_hosts=hashed))
+    target = gateway_ssh.resolve_target(
+        execnet.XSpec(f"ssh=testhost//ssh_config={config}")
+    )
+    assert gateway_ssh.known_key_types(target) == ["ssh-ed25519"]
+    group = execnet.Group()
+    try:
+        gw = group.makegateway(ssh_spec(small_server, "native", config=config))
+        assert gw.remote_exec("channel.send(2)").receive(TIMEOUT) == 2
+    finally:
+        group.terminate(TIMEOUT)
+
+
+def test_a_full_connection_makes_another(group, small_server):
+    before = set(small_server.connection_pids())
+    gateways = [group.makegateway(ssh_spec(small_server, "native")) for _ in range(3)]
+    for i, gw in enumerate(gateways):
+        assert gw.remote_exec(f"channel.send({i})").receive(TIMEOUT) == i
+    assert len(set(small_server.connection_pids()) - before) == 2
+    user, host, port = small_server.user, small_server.host, small_server.port
+    assert gateway_ssh.shared_sessions() == [(user, host, port, 1), (user, host, port, 2)]
+    group.terminate(TIMEOUT)
+    assert gateway_ssh.shared_sessions() == []
