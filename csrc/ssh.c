@@ -24,6 +24,7 @@
 enum {
     CH_REQUESTED, /* waiting for the pump to open it */
     CH_RUNNING,   /* exec done: bytes flow */
+    CH_KILLING,   /* asking sshd to send SIGKILL to the remote command */
     CH_CLOSING,   /* closing the channel */
     CH_FREEING,   /* freeing the libssh2 channel */
     CH_DONE,      /* over: exit_status is final */
@@ -393,10 +394,28 @@ pump_running(xn_ssh_core *core, xn_sshchan *c, int *err, short *want_in,
     }
     if (c->close_req && !c->write_pending) {
         close_fd(&c->out_fd);
-        c->state = CH_CLOSING;
+        c->state = CH_KILLING;
         progress = 1;
     }
     return progress;
+}
+
+/* Advances the "signal" request that kills c's remote command (RFC 4254
+ * §6.9; sshd may refuse it, then closing the channel has to do).  Returns
+ * 1 on progress, 0 if it waits, -1 if the session failed (rc in *err). */
+static int
+pump_kill(xn_sshchan *c, int *err)
+{
+    int rc = libssh2_channel_process_startup(c->ch, "signal", 6, "KILL", 4);
+    if (rc == LIBSSH2_ERROR_EAGAIN) {
+        return 0;
+    }
+    if (rc < 0 && !is_channel_error(rc)) {
+        *err = rc;
+        return -1;
+    }
+    c->state = CH_CLOSING;
+    return 1;
 }
 
 /* Advances the closing of c.  Returns 1 on progress, 0 if it waits, -1 if
@@ -465,6 +484,9 @@ pump_pass(xn_ssh_core *core, struct pollfd *fds, int *nfds, int maxfds,
             break;
         case CH_RUNNING:
             r = pump_running(core, c, err, &want_in, &want_out);
+            break;
+        case CH_KILLING:
+            r = pump_kill(c, err);
             break;
         case CH_CLOSING:
         case CH_FREEING:

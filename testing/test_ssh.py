@@ -151,12 +151,16 @@ def test_terminate_ends_blocked_worker(group, server, transport):
 
 def test_terminate_of_busy_worker_returns(group, server, transport):
     gw = group.makegateway(ssh_spec(server, transport))
+    pid = gw._rinfo().pid  # the "remote" is this machine
     channel = gw.remote_exec("import time; channel.send(1); time.sleep(30)")
     assert channel.receive(TIMEOUT) == 1
     start = time.monotonic()
     group.terminate(timeout=0.5)
     assert time.monotonic() - start < 5
     assert not group
+    if transport == "native":
+        # kill() asks sshd to signal the worker (the ssh program leaves it)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
 
 
 @pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason=f"no {SYSTEM_PYTHON}")
