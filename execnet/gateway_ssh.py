@@ -626,12 +626,15 @@ class _Shared:
         self.key = key
         self.session = session
         self.channels: set = set()
+        self.opening = 0  # channels being opened on it
 
 
-# target -> the session new channels go to; _open: every open session
-# (a session sshd refused more channels on stays open for those it has)
+# target -> the session new channels go to; _open: every open session (one
+# that sshd refused more channels on stays open for the channels it has);
+# _target_locks: one connection attempt per target at a time
 _registry: dict = {}
 _open: set = set()
+_target_locks: dict = {}
 _registry_lock = threading.Lock()
 
 
@@ -651,53 +654,75 @@ def open_channel(spec, target: SshTarget, command: str):
     session shared with the other gateways to the same target."""
     key = _session_key(spec, target)
     with _registry_lock:
-        shared = _registry.get(key)
-        if shared is not None and not shared.session.alive:
-            _drop(shared)
-            shared = None
-        if shared is None:
-            shared = _new_shared(spec, target, key)
-        try:
-            chan_id, rfd, wfd = shared.session.open_channel(command, TIMEOUT)
-        except _execnet.SshError as exc:
-            if not shared.channels or not shared.session.alive:
-                if not shared.channels:
-                    _drop(shared)
-                raise HostNotFound(gateway_io._text_value(spec, "ssh")) from exc
-            # sshd allows a number of channels per connection (MaxSessions):
-            # this one is full, new channels go to a new connection
-            shared = _new_shared(spec, target, key)
+        target_lock = _target_locks.setdefault(key, threading.Lock())
+    # connecting to one target does not hold up gateways to others
+    with target_lock:
+        stale = None
+        with _registry_lock:
+            shared = _registry.get(key)
+            if shared is not None and not shared.session.alive:
+                del _registry[key]  # its channels close it as they end
+                if _forget_if_idle(shared):
+                    stale = shared
+                shared = None
+        if stale is not None:
+            stale.session.close()
+        fresh = shared is None
+        if fresh:
+            shared = _connect_shared(spec, target, key)
+        while True:
+            with _registry_lock:
+                shared.opening += 1
             try:
                 chan_id, rfd, wfd = shared.session.open_channel(command, TIMEOUT)
-            except _execnet.SshError as exc2:
-                _drop(shared)
-                raise HostNotFound(gateway_io._text_value(spec, "ssh")) from exc2
-        shared.channels.add(chan_id)
-        return shared, chan_id, rfd, wfd
+                error = None
+            except _execnet.SshError as exc:
+                error = exc
+            with _registry_lock:
+                shared.opening -= 1
+                if error is None:
+                    shared.channels.add(chan_id)
+                    return shared, chan_id, rfd, wfd
+                idle = _forget_if_idle(shared)
+                if _registry.get(key) is shared:
+                    del _registry[key]
+            if idle:
+                shared.session.close()
+            if fresh:
+                raise HostNotFound(gateway_io._text_value(spec, "ssh")) from error
+            # the connection is gone, or full (sshd's MaxSessions channels
+            # per connection): new channels go to a new one
+            shared = _connect_shared(spec, target, key)
+            fresh = True
 
 
-def _new_shared(spec, target: SshTarget, key) -> _Shared:
-    """A new session for target, where new channels go (lock held)."""
+def _connect_shared(spec, target: SshTarget, key) -> _Shared:
+    """A new session for target, where new channels go from now on."""
     shared = _Shared(key, connect(spec, target))
-    _registry[key] = shared
-    _open.add(shared)
+    with _registry_lock:
+        _registry[key] = shared
+        _open.add(shared)
     return shared
 
 
-def _drop(shared: _Shared) -> None:
-    """Forget and close shared's session (registry lock held)."""
+def _forget_if_idle(shared: _Shared) -> bool:
+    """True, having forgotten shared, if no channel uses it or is being
+    opened on it: the caller then closes it (registry lock held)."""
+    if shared.channels or shared.opening:
+        return False
     if _registry.get(shared.key) is shared:
         del _registry[shared.key]
     _open.discard(shared)
-    shared.session.close()
+    return True
 
 
 def release(shared: _Shared, chan_id: int) -> None:
     """chan_id is over; the last channel of a session closes it."""
     with _registry_lock:
         shared.channels.discard(chan_id)
-        if not shared.channels:
-            _drop(shared)
+        idle = _forget_if_idle(shared)
+    if idle:
+        shared.session.close()
 
 
 def shared_sessions() -> list:

@@ -319,6 +319,28 @@ def test_gateways_to_one_host_share_a_connection(group, server, transport):
     wait_for(lambda: not set(server.connection_pids()) - before)
 
 
+def test_gateways_made_in_parallel_share_a_connection(group, server):
+    before = set(server.connection_pids())
+    gateways, errors = [], []
+
+    def make():
+        try:
+            gateways.append(group.makegateway(ssh_spec(server, "native")))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not errors
+    assert len(gateways) == 4
+    assert len(set(server.connection_pids()) - before) == 1
+    for gw in gateways:
+        assert gw.remote_exec("channel.send(1)").receive(TIMEOUT) == 1
+
+
 def test_native_works_without_the_ssh_program(group, server, monkeypatch, tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
