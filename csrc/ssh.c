@@ -968,10 +968,12 @@ session_auth_methods(xn_ssh_session *self, PyObject *args)
     return PyUnicode_FromString(list);
 }
 
-/* Returns 0 if the agent authenticated user, else -1 with text describing
- * why in why[0..size) (no GIL needed). */
+/* Returns 0 if the agent (at socket_path, or where SSH_AUTH_SOCK says if
+ * NULL) authenticated user, else -1 with text describing why in
+ * why[0..size) (no GIL needed). */
 static int
-agent_auth(xn_ssh_core *core, const char *user, char *why, size_t size)
+agent_auth(xn_ssh_core *core, const char *user, const char *socket_path,
+           char *why, size_t size)
 {
     LIBSSH2_AGENT *agent = libssh2_agent_init(core->s);
     struct libssh2_agent_publickey *identity = NULL, *prev = NULL;
@@ -980,6 +982,9 @@ agent_auth(xn_ssh_core *core, const char *user, char *why, size_t size)
     if (agent == NULL) {
         snprintf(why, size, "cannot use the agent");
         return -1;
+    }
+    if (socket_path != NULL) {
+        libssh2_agent_set_identity_path(agent, socket_path);
     }
     if (libssh2_agent_connect(agent) != 0) {
         snprintf(why, size, "no agent");
@@ -1012,17 +1017,18 @@ error:
     return result;
 }
 
-/* auth_agent(user): tries the keys of the ssh agent.  Returns None on
- * success, a str saying why not otherwise, or NULL with an exception set. */
+/* auth_agent(user, socket_path=None): tries the keys of the ssh agent.
+ * Returns None on success, a str saying why not otherwise, or NULL with an
+ * exception set. */
 static PyObject *
 session_auth_agent(xn_ssh_session *self, PyObject *args)
 {
-    const char *user;
+    const char *user, *socket_path = NULL;
     char why[200] = "";
     int rc;
     xn_ssh_core *core;
 
-    if (!PyArg_ParseTuple(args, "s:auth_agent", &user)) {
+    if (!PyArg_ParseTuple(args, "s|z:auth_agent", &user, &socket_path)) {
         return NULL;
     }
     core = claim_setup(self);
@@ -1030,7 +1036,7 @@ session_auth_agent(xn_ssh_session *self, PyObject *args)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    rc = agent_auth(core, user, why, sizeof why);
+    rc = agent_auth(core, user, socket_path, why, sizeof why);
     Py_END_ALLOW_THREADS
     core->busy = 0;
     if (rc == 0) {
@@ -1462,7 +1468,8 @@ static PyMethodDef session_methods[] = {
      "auth_methods(user)\n--\n\nThe server's authentication methods, "
      "comma-separated."},
     {"auth_agent", (PyCFunction)session_auth_agent, METH_VARARGS,
-     "auth_agent(user)\n--\n\nNone on success, else why not."},
+     "auth_agent(user, socket_path=None)\n--\n\nNone on success, else why "
+     "not."},
     {"auth_key_file", (PyCFunction)session_auth_key_file, METH_VARARGS,
      "auth_key_file(user, path, passphrase=None)\n--\n\n"
      "None on success, else why not."},

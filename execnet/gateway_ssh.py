@@ -531,6 +531,10 @@ def _authenticate(session, target: SshTarget) -> None:
     if "publickey" in offered:
         identities_only = str(target.options.get("identitiesonly", "no")).lower() == "yes"
         agent = target.options.get("identityagent")
+        if agent is not None and agent.startswith("$"):
+            agent = os.environ.get(agent[1:].strip("{}"))
+        elif agent == "SSH_AUTH_SOCK":
+            agent = None
         if identities_only and target.identities:
             tried.append("agent (not used: IdentitiesOnly)")
         elif agent is not None and agent.lower() == "none":
@@ -538,7 +542,8 @@ def _authenticate(session, target: SshTarget) -> None:
         elif agent is None and not os.environ.get("SSH_AUTH_SOCK"):
             tried.append("agent (SSH_AUTH_SOCK not set)")
         else:
-            why = _with_agent_socket(agent, target, lambda: session.auth_agent(target.user))
+            socket_path = None if agent is None else _expand(agent, target)
+            why = session.auth_agent(target.user, socket_path)
             if why is None:
                 return
             tried.append(f"agent ({why})")
@@ -562,25 +567,6 @@ def _authenticate(session, target: SshTarget) -> None:
         f"failed; tried: {'; '.join(tried) or 'nothing'}; "
         f"the server offers: {methods}"
     )
-
-
-_agent_env_lock = threading.Lock()
-
-
-def _with_agent_socket(agent, target, call):
-    """call() with SSH_AUTH_SOCK naming IdentityAgent's socket, if set."""
-    if agent is None or agent == "SSH_AUTH_SOCK":
-        return call()
-    with _agent_env_lock:
-        old = os.environ.get("SSH_AUTH_SOCK")
-        os.environ["SSH_AUTH_SOCK"] = _expand(agent, target)
-        try:
-            return call()
-        finally:
-            if old is None:
-                del os.environ["SSH_AUTH_SOCK"]
-            else:
-                os.environ["SSH_AUTH_SOCK"] = old
 
 
 def connect(spec, target: SshTarget):

@@ -271,6 +271,42 @@ def test_failed_authentication_names_host_user_methods(group, server, tmp_path):
     assert isinstance(info.value, execnet.HostNotFound)
 
 
+@pytest.mark.parametrize("how", ["SSH_AUTH_SOCK", "IdentityAgent"])
+def test_agent_authentication(group, server, tmp_path, monkeypatch, how):
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(sock)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(sock.exists)
+        subprocess.run(
+            ["ssh-add", "-q", str(server.user_key)],
+            env=dict(os.environ, SSH_AUTH_SOCK=str(sock)),
+            check=True,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+        # the only key is in the agent
+        text = server.client_config().replace(
+            f"IdentityFile {server.user_key}", f"IdentityFile {tmp_path / 'missing'}"
+        )
+        text = text.replace("IdentitiesOnly yes", "IdentitiesOnly no")
+        if how == "SSH_AUTH_SOCK":
+            monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        else:
+            text += f"    IdentityAgent {sock}\n"
+        config = tmp_path / "cfg"
+        config.write_text(text)
+        gw = group.makegateway(ssh_spec(server, "native", config=config))
+        assert gw.remote_exec("channel.send(3)").receive(TIMEOUT) == 3
+    finally:
+        agent.terminate()
+        agent.wait(TIMEOUT)
+
+
 def test_failed_authentication_program(group, server, tmp_path):
     config = tmp_path / "cfg"
     config.write_text(
