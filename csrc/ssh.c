@@ -250,10 +250,11 @@ pump_open(xn_ssh_core *core, xn_sshchan *c, int *err)
         }
         snprintf(c->error, sizeof c->error, "cannot run the remote command: %s",
                  last_error_text(core->s));
+        /* the waiter sees the error now; the channel is closed later */
         c->state = CH_CLOSING;
         c->exit_status = -1;
         close_fd(&c->out_fd);
-        /* the waiter learns of the failure once the channel is freed */
+        pthread_cond_broadcast(&core->cond);
         return 1;
     }
     c->state = CH_RUNNING;
