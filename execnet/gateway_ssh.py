@@ -711,6 +711,24 @@ def release(shared: _Shared, chan_id: int) -> None:
         shared.session.close()
 
 
+# A forked child has the sessions but not their pump threads: it forgets
+# them (and keeps them from being freed, which would join those threads).
+_forked_leftovers: list = []
+
+
+def _forget_sessions_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    _forked_leftovers.extend(_open)
+    _registry.clear()
+    _open.clear()
+    _target_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_sessions_in_child)
+
+
 def shared_sessions() -> list:
     """The sessions currently open: (user, host, port, channel count)."""
     with _registry_lock:
