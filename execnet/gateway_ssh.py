@@ -17,18 +17,19 @@ import re
 import shlex
 import socket
 import threading
+from typing import Any
 
 from . import gateway_io
 from .gateway_base import Popen2IO
 from .gateway_bootstrap import HostNotFound
 
 try:
-    from . import _execnet
+    from . import _execnet  # type: ignore[attr-defined]
 except ImportError:  # the package without its extension
     _execnet = None
 
 # True when the extension was built with libssh2
-HAVE_NATIVE = bool(_execnet is not None and getattr(_execnet, "HAVE_LIBSSH2", 0))
+HAVE_NATIVE = bool(_execnet is not None and getattr(_execnet, "HAVE_LIBSSH2", False))
 LIBSSH2_VERSION = getattr(_execnet, "LIBSSH2_VERSION", None)
 
 TRANSPORTS = ("auto", "native", "program")
@@ -114,12 +115,12 @@ class SshTarget:
     """Where and as whom to connect, from the ssh= value and the config."""
 
     def __init__(self) -> None:
-        self.alias = None  # the host as written
-        self.hostname = None
-        self.user = None
-        self.port = None
+        self.alias: Any = None  # the host as written
+        self.hostname: Any = None  # str once resolved
+        self.user: Any = None
+        self.port: Any = None  # as written, an int once resolved
         self.identities: list = []  # -i files, then IdentityFile ones
-        self.config_file = None
+        self.config_file: Any = None
         self.options: dict = {}  # -o options, lower-case keys
         self.unsupported: list = []  # reasons to use the ssh program
 
@@ -293,7 +294,7 @@ def resolve_target(spec) -> SshTarget:
     if config_path is None:
         default = os.path.expanduser("~/.ssh/config")
         config_path = default if os.path.exists(default) else None
-    options = {}
+    options: dict[str, Any] = {}
     for key, values in target.options.items():
         if key not in _HANDLED and key not in _IGNORED:
             target.unsupported.append(f"-o {key}")
@@ -644,6 +645,7 @@ def open_channel(spec, target: SshTarget, command: str):
     # connecting to one target does not hold up gateways to others
     with target_lock:
         stale = None
+        shared: _Shared | None
         with _registry_lock:
             shared = _registry.get(key)
             if shared is not None and not shared.session.alive:
@@ -654,7 +656,7 @@ def open_channel(spec, target: SshTarget, command: str):
         if stale is not None:
             stale.session.close()
         fresh = shared is None
-        if fresh:
+        if shared is None:
             shared = _connect_shared(spec, target, key)
         while True:
             with _registry_lock:
