@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -195,7 +196,7 @@ def test_unresolvable_host(group, server, transport):
 
 
 def test_connection_refused(group, server, transport, tmp_path):
-    with __import__("socket").socket() as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nobody listens here
     host = f"-p {port} 127.0.0.1"
