@@ -129,6 +129,9 @@ typedef struct {
     PyTypeObject *ConnectionType;
     PyTypeObject *ItemQueueType;
     PyTypeObject *EventType;
+    /* ssh.c: NULL when built without libssh2 */
+    PyTypeObject *SshSessionType;
+    PyObject *SshError;
 #define XN_STRING_FIELD(name, text) PyObject *s_##name;
     XN_STRINGS(XN_STRING_FIELD)
 #undef XN_STRING_FIELD
@@ -352,6 +355,12 @@ void xn_connection_flush(xn_connection *c);
 int64_t xn_monotonic_ns(void);
 
 extern PyType_Spec xn_connection_spec;
+
+/* ---- ssh.c: native SSH sessions (libssh2) ------------------------------ */
+
+/* Adds HAVE_LIBSSH2 and LIBSSH2_VERSION to the module, and with libssh2
+ * SshError and SshSession.  Returns 0, or -1 with an exception set. */
+int xn_ssh_add(PyObject *module);
 
 #endif /* XN_WIRE_ONLY */
 

@@ -108,7 +108,9 @@ def bootstrap_exec(io, spec) -> None:
             f"serve(io, id={spec.id + '-worker'!r})",
         )
         _check_ack(io)
-    except EOFError:
+    except (EOFError, BrokenPipeError):
+        # (a broken pipe: the process ended before it read the line, e.g.
+        # ssh that could not connect)
         status = io.wait()
         if status == 255 and hasattr(io, "remoteaddress"):
             _discard(io)

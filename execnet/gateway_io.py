@@ -131,11 +131,27 @@ class Popen2IOMaster(Popen2IO):
             sys.stderr.flush()
 
 
+def _native_ssh():
+    """execnet.gateway_ssh, or None where it is not importable (this module
+    runs as a via proxy in an interpreter without our package)."""
+    try:
+        from execnet import gateway_ssh
+    except ImportError:
+        return None
+    return gateway_ssh
+
+
 def create_io(spec, execmodel):
     """Start the process for a popen, ssh or vagrant_ssh spec."""
     if spec.popen:
         return Popen2IOMaster(popen_args(spec), execmodel)
     if spec.ssh:
+        native = _native_ssh()
+        if native is not None:
+            # it picks the transport: libssh2 or the ssh program
+            return native.create_io(spec, execmodel)
+        if spec.ssh_transport == "native":
+            raise ValueError("ssh_transport=native needs execnet's C extension")
         io = Popen2IOMaster(ssh_args(spec), execmodel)
         io.remoteaddress = spec.ssh
         return io
