@@ -276,3 +276,20 @@ def test_annotations_satisfy_xdists_strict_mypy(tmp_path: Path) -> None:
                           timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success: no issues found in 1 source file" in proc.stdout
+
+
+def test_worker_stdout_is_dropped_and_stderr_inherited(tmp_path: Path) -> None:
+    """Writes to the worker's fd 1 go to /dev/null, to fd 2 to the controller's stderr."""
+    write(tmp_path, {
+        "test_fds.py": """
+            import os
+
+            def test_write_fds():
+                os.write(1, b"worker-fd1-text\\n")
+                os.write(2, b"worker-fd2-text\\n")
+        """,
+    })
+    proc = run_pytest(tmp_path, "-n", "1", "-s")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "worker-fd2-text" in proc.stderr
+    assert "worker-fd1-text" not in proc.stdout + proc.stderr
