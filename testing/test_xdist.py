@@ -293,3 +293,24 @@ def test_worker_stdout_is_dropped_and_stderr_inherited(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "worker-fd2-text" in proc.stderr
     assert "worker-fd1-text" not in proc.stdout + proc.stderr
+
+
+def test_warnings_with_unserializable_arguments(tmp_path: Path) -> None:
+    """xdist probes warning arguments with execnet.dumps, falling back on DumpError."""
+    write(tmp_path, {
+        "test_warn.py": """
+            import warnings
+
+            def test_plain():
+                warnings.warn(UserWarning("plain-warning-text"))
+
+            def test_unserializable():
+                warnings.warn(UserWarning("odd-warning-text", object()))
+        """,
+    })
+    proc = run_pytest(tmp_path, "-n", "2")
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "UserWarning: plain-warning-text" in out
+    assert re.search(r"UserWarning: \('odd-warning-text', <object object at 0x\w+>\)", out), out
+    assert summary_counts(out) == {"passed": 2, "warnings": 2}, out
