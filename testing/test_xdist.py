@@ -270,7 +270,7 @@ def test_annotations_satisfy_xdists_strict_mypy(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MYPY"))}
     env["MYPYPATH"] = str(tmp_path / "src")
     cmd = [sys.executable, "-m", "mypy", "--strict", "--warn-unreachable",
-           "--follow-imports=silent", "--no-incremental", "--python-version", "3.9",
+           "--follow-imports=silent", "--no-incremental",
            "typed_use.py"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT)
