@@ -150,6 +150,23 @@ def ensure_plain_venv(venv: Path, cwd: str) -> str:
     return str(exe)
 
 
+def ensure_venv_with(venv: Path, packages: list, cwd: str, probe: str, expect: str) -> str:
+    """The python of venv with packages installed (pip, with --no-deps: list them all).
+
+    probe is code whose output must be expect once they are; the venv is
+    (re)made and the packages installed when it is not.
+    """
+    exe = _venv_python(venv)
+    if _probe(exe, cwd, VERSION_PROBE) != sys.version or _probe(exe, cwd, probe) != expect:
+        print(f"setting up {venv} ({' '.join(packages)}) ...", file=sys.stderr)
+        _setup([[sys.executable, "-m", "venv", "--clear", str(venv)],
+                [str(exe), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                 "--no-deps", *packages]], cwd)
+        if _probe(exe, cwd, probe) != expect:
+            sys.exit(f"{exe}: {probe!r} does not print {expect!r} after installing")
+    return str(exe)
+
+
 def interpreters(venv: Path, cwd: str, ours_venv: Path = DEFAULT_OURS_VENV) -> dict:
     """implementation -> (interpreter, extra environment variables)."""
     ours = ensure_plain_venv(ours_venv, cwd)

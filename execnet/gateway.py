@@ -10,11 +10,18 @@ from . import gateway_base
 from .gateway_base import Message
 from .gateway_base import dumps_internal
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+    from typing import Callable
+
+    from .xspec import XSpec
+
 
 class Gateway(gateway_base.BaseGateway):
     """A connection to one remote interpreter (made by makegateway)."""
 
-    def __init__(self, io, spec) -> None:
+    def __init__(self, io: Any, spec: XSpec) -> None:
         super().__init__(io=io, id=spec.id, _startcount=1)
         self.spec = spec
         self._initreceive()
@@ -82,7 +89,9 @@ class Gateway(gateway_base.BaseGateway):
         self._channelfactory._local_close(channel.id)
         return RemoteStatus(status)
 
-    def remote_exec(self, source, **kwargs) -> gateway_base.Channel:
+    def remote_exec(
+        self, source: str | types.ModuleType | Callable[..., object], **kwargs: object
+    ) -> gateway_base.Channel:
         """Run source remotely; return the channel connected to it.
 
         source is a string (dedented), a module (its source file) or a
@@ -125,7 +134,18 @@ def _dedent(source: str) -> str:
 class RInfo:
     """An attribute bag made from a dict."""
 
-    def __init__(self, kwargs) -> None:
+    # what _rinfo() holds
+    executable: str
+    version_info: tuple[int, int, int, str, int]
+    platform: str
+    cwd: str
+    pid: int
+    # what remote_status() holds
+    numchannels: int
+    numexecuting: int
+    execmodel: str
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
         self.__dict__.update(kwargs)
 
     def __repr__(self) -> str:

@@ -14,6 +14,18 @@ from .gateway_base import get_execmodel
 from .gateway_base import trace
 from .xspec import XSpec
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import types
+    from typing import Callable
+    from typing import Iterable
+    from typing import Iterator
+    from typing import Sequence
+
+    from .gateway import Gateway
+    from .gateway_base import Channel
+    from .gateway_base import ExecModel
+
 # the remote part of makegateway's chdir/nice/env handling (XSPEC.md §6)
 _REMOTE_SETUP = """
 import os
@@ -34,8 +46,10 @@ class Group:
 
     defaultspec = "popen"
 
-    def __init__(self, xspecs=(), execmodel="thread") -> None:
-        self._gateways: list = []
+    def __init__(
+        self, xspecs: Iterable[XSpec | str | None] = (), execmodel: str = "thread"
+    ) -> None:
+        self._gateways: list[Gateway] = []
         self._autoidcounter = 0
         self._autoidlock = threading.Lock()
         self._gateways_to_join: list = []
@@ -45,14 +59,14 @@ class Group:
         atexit.register(self._cleanup_atexit)
 
     @property
-    def execmodel(self):
+    def execmodel(self) -> ExecModel:
         return self._execmodel
 
     @property
-    def remote_execmodel(self):
+    def remote_execmodel(self) -> ExecModel:
         return self._remote_execmodel
 
-    def set_execmodel(self, execmodel, remote_execmodel=None) -> None:
+    def set_execmodel(self, execmodel: str, remote_execmodel: str | None = None) -> None:
         """Set the local and remote execution models (before any gateway)."""
         if self:
             raise ValueError(
@@ -66,7 +80,7 @@ class Group:
     def __repr__(self) -> str:
         return "<Group %r>" % [gw.id for gw in self._gateways]
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: int | str | Gateway) -> Gateway:
         if isinstance(key, int):
             return self._gateways[key]
         for gw in self._gateways:
@@ -74,7 +88,7 @@ class Group:
                 return gw
         raise KeyError(key)
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         try:
             self[key]
         except KeyError:
@@ -84,10 +98,10 @@ class Group:
     def __len__(self) -> int:
         return len(self._gateways)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Gateway]:
         return iter(list(self._gateways))
 
-    def makegateway(self, spec=None):
+    def makegateway(self, spec: XSpec | str | None = None) -> Gateway:
         """Create, register and return a gateway for spec (XSPEC.md §4)."""
         if not spec:
             spec = self.defaultspec
@@ -123,7 +137,7 @@ class Group:
             channel.waitclose()
         return gw
 
-    def allocate_id(self, spec) -> None:
+    def allocate_id(self, spec: XSpec) -> None:
         """Give spec an id ("gw<N>") unless it has one."""
         with self._autoidlock:
             if spec.id is None:
@@ -148,7 +162,7 @@ class Group:
         trace(f"=== atexit cleanup {self!r} ===")
         self.terminate(timeout=1.0)
 
-    def terminate(self, timeout=None) -> None:
+    def terminate(self, timeout: float | None = None) -> None:
         """End every gateway; kill processes still there after timeout."""
 
         def join_and_wait(gw):
@@ -174,7 +188,9 @@ class Group:
             if not self._gateways:
                 break
 
-    def remote_exec(self, source, **kwargs) -> MultiChannel:
+    def remote_exec(
+        self, source: str | types.ModuleType | Callable[..., object], **kwargs: object
+    ) -> MultiChannel:
         """remote_exec on every gateway; the channels as a MultiChannel."""
         return MultiChannel([gw.remote_exec(source, **kwargs) for gw in self])
 
@@ -182,7 +198,7 @@ class Group:
 class MultiChannel:
     """Several channels used together."""
 
-    def __init__(self, channels) -> None:
+    def __init__(self, channels: Sequence[Channel]) -> None:
         self._channels = channels
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ stands for the value ``True``.  Parts named ``env:NAME`` collect into the
     (True, 'python3', {'LANG': 'C'})
 """
 
+from __future__ import annotations
 
 _SEPARATOR = "//"
 _ENV_PREFIX = "env:"
@@ -27,21 +28,23 @@ class XSpec:
     """
 
     # Keys with a meaning for gateway creation; ``None`` means "not given".
-    chdir = None
-    dont_write_bytecode = None
-    execmodel = None
-    id = None
-    installvia = None
-    nice = None
-    popen = None
-    python = None
-    socket = None
-    ssh = None
-    ssh_config = None
-    vagrant_ssh = None
-    via = None
+    # A bare key reads True, ``key=value`` the value (a string).
+    chdir: str | None = None
+    dont_write_bytecode: bool | None = None
+    execmodel: str | None = None
+    id: str | None = None
+    installvia: str | None = None
+    nice: str | None = None
+    popen: bool | None = None
+    python: str | None = None
+    socket: str | None = None
+    ssh: str | None = None
+    ssh_config: str | None = None
+    vagrant_ssh: str | None = None
+    via: str | None = None
+    env: dict[str, str | bool]
 
-    def __init__(self, string):
+    def __init__(self, string: str) -> None:
         self._spec = string
         self.env = {}
         for part in string.split(_SEPARATOR):
@@ -62,7 +65,7 @@ class XSpec:
             else:
                 setattr(self, key, value)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> str | bool | None:
         # Only reached when ordinary lookup failed.  Private and special
         # names stay missing so that protocols probing for dunders (copy,
         # pickle, len(), ...) see a plain object.
@@ -70,26 +73,26 @@ class XSpec:
             raise AttributeError(name)
         return None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<XSpec %r>" % (self._spec,)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self._spec
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self._spec)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         try:
             other_spec = other._spec
         except AttributeError:
             return False
         return self._spec == other_spec
 
-    def __ne__(self, other):
+    def __ne__(self, other: object) -> bool:
         return not self == other
 
-    def _samefilesystem(self):
+    def _samefilesystem(self) -> bool:
         """True if the gateway would share this process's filesystem view.
 
         That is the case for a local subprocess which does not change its
