@@ -24,6 +24,13 @@ from .rsync_remote import STREAM_OPTION
 from .rsync_remote import STREAM_VERSION
 from .rsync_remote import host_identity
 
+TYPE_CHECKING = False  # (typing is not imported at run time)
+if TYPE_CHECKING:
+    from typing import Any
+    from typing import Callable
+
+    from .gateway_base import BaseGateway
+
 # Files at least this large go out in pieces of this size to receivers that
 # accept pieces (ours); whole otherwise, as the protocol has it.
 PIECE_SIZE = 4 * 1024 * 1024
@@ -133,9 +140,15 @@ class RSync:
     in the environment) shows files and bytes done of the total on stderr.
     """
 
-    def __init__(self, sourcedir, callback=None, verbose=True, progress=None) -> None:
-        self._sourcedir = str(sourcedir)
-        self._verbose = verbose
+    def __init__(
+        self,
+        sourcedir: str | os.PathLike[str],
+        callback: Callable[[str, int, Any], object] | None = None,
+        verbose: bool = True,
+        progress: bool | None = None,
+    ) -> None:
+        self._sourcedir: str = str(sourcedir)
+        self._verbose: bool = verbose
         assert callback is None or callable(callback)
         self._callback = callback
         if progress is None:
@@ -147,11 +160,17 @@ class RSync:
         self._failures: list = []
         self._errors: list = []
 
-    def filter(self, path) -> bool:
+    def filter(self, path: str) -> bool:
         """Whether to synchronise the entry at path (a full source path)."""
         return True
 
-    def add_target(self, gateway, destdir, finishedcallback=None, **options) -> None:
+    def add_target(
+        self,
+        gateway: BaseGateway,
+        destdir: str | os.PathLike[str],
+        finishedcallback: Callable[[], object] | None = None,
+        **options: bool,
+    ) -> None:
         """Synchronise to destdir (a path on the remote) at the next send().
 
         The only option is delete=True: remove entries of destdir that the
@@ -188,7 +207,7 @@ class RSync:
         return {"path": path, "dev": st.st_dev, "ino": st.st_ino,
                 "host": host_identity()}
 
-    def send(self, raises=True):
+    def send(self, raises: bool = True) -> list[tuple[Any, str, str]] | None:
         """Synchronise to every target added since the last send().
 
         Returns None when everything was synchronised.  Files that could
@@ -445,7 +464,7 @@ class RSync:
         finally:
             os.close(fd)
 
-    def _report_send_file(self, gateway, modified_rel_path) -> None:
+    def _report_send_file(self, gateway: BaseGateway, modified_rel_path: str) -> None:
         """Announce a file whose content is being sent (when verbose)."""
         if self._verbose:
             print(f"{gateway!r} <= {modified_rel_path}")
