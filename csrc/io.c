@@ -19,7 +19,7 @@
 /* The IO thread checks this often (at first) whether getters still read. */
 #define PARK_NS 1000000LL
 #define PARK_MAX_NS 50000000LL
-#define DEFAULT_SPIN_US 20
+#define DEFAULT_SPIN_US 50
 #define SPIN_FAILURES 4
 #define SPIN_PAUSE 64
 /* A pumping thread looks at signals this often. */
