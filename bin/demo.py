@@ -1,7 +1,8 @@
-"""A short tour of what works: the serializer, and gateways to a child Python."""
+"""A short tour of what works: the serializer, gateways to child Pythons, RSync."""
 
 import os
 import pickle
+import tempfile
 import time
 import timeit
 
@@ -67,6 +68,24 @@ try:
         gws[1].remote_exec("raise ValueError('from the worker')").waitclose()
     except execnet.RemoteError as e:
         print("a remote error arrives with its traceback:", e.formatted.splitlines()[-1])
+
+    print("\n-- RSync")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "src")
+        for i in range(200):
+            sub = os.path.join(source, f"dir{i % 10}")
+            os.makedirs(sub, exist_ok=True)
+            with open(os.path.join(sub, f"file{i}.txt"), "w") as f:
+                f.write(f"file {i}\n" * (i + 1))
+        targets = [os.path.join(tmp, f"dest{k}") for k in range(2)]
+        rsync = execnet.RSync(source, verbose=False)
+        for gw, dest in zip(gws[2:], targets):
+            rsync.add_target(gw, dest)
+        start = time.perf_counter()
+        rsync.send()
+        elapsed = time.perf_counter() - start
+        copied = [sum(len(files) for _, _, files in os.walk(dest)) for dest in targets]
+        print(f"200 files to 2 gateways in {elapsed * 1000:.0f} ms: {copied} files arrived")
 finally:
     group.terminate(timeout=5)
 print("group terminated:", group)
