@@ -321,6 +321,21 @@ def errors(rows: list, impl: str) -> list:
     return [r[impl]["error"] for r in rows if impl in r and "error" in r[impl]]
 
 
+def report_problems(rows: list, impls) -> dict:
+    """Print, under a table, each implementation's distinct errors (with in
+    how many rounds they came) and notes; return impl -> errors, where any."""
+    found = {}
+    for impl in impls:
+        errs = errors(rows, impl)
+        for msg in dict.fromkeys(errs):  # distinct, in order
+            print(f"  {impl}: error: {msg} ({errs.count(msg)} of {len(rows)} rounds)")
+        for note in sorted({r[impl]["note"] for r in rows if "note" in r.get(impl, {})}):
+            print(f"  {impl}: note: {note}")
+        if errs:
+            found[impl] = errs
+    return found
+
+
 def spread(values: list) -> float:
     """(max - min) / median, in percent."""
     return 100 * (max(values) - min(values)) / statistics.median(values)

@@ -188,12 +188,7 @@ def report(results: dict, cases: list) -> dict:
             cells, med, ratios = C.metric_row(rows, IMPLS, key, True, fmt_value)
             print(f"{label:28} {unit:>6}{cells}")
             summary[case][key] = {"unit": unit, "medians": med, "ratios_better": ratios}
-        for impl in IMPLS:
-            errs = C.errors(rows, impl)
-            for msg in dict.fromkeys(errs):
-                print(f"  {impl}: error: {msg} ({errs.count(msg)} of {len(rows)} rounds)")
-            for note in sorted({r[impl]["note"] for r in rows if "note" in r.get(impl, {})}):
-                print(f"  {impl}: note: {note}")
+        C.report_problems(rows, IMPLS)
     return summary
 
 

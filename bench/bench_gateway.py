@@ -388,15 +388,9 @@ def report(results: dict, cases: list) -> dict:
             print(f"{label:36} {unit:>7}{cells}")
             summary[case][key] = {"unit": unit, "lower_is_better": lower, "medians": med,
                                   "ratios_faster": ratios}
-        for impl in IMPLS:
-            errs = C.errors(rows, impl)
-            for msg in dict.fromkeys(errs):  # distinct, in order
-                print(f"  {impl}: error: {msg} ({errs.count(msg)} of {len(rows)} rounds)")
-            if errs:
-                summary[case].setdefault("errors", {})[impl] = errs
-            notes = sorted({r[impl]["note"] for r in rows if "note" in r.get(impl, {})})
-            for note in notes:
-                print(f"  {impl}: note: {note}")
+        problems = C.report_problems(rows, IMPLS)
+        if problems:
+            summary[case]["errors"] = problems
     return summary
 
 

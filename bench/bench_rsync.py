@@ -230,12 +230,9 @@ def report(results: dict, impls: list) -> dict:
                 ratio = C.median_ratio(rows, REF, impl, "seconds")
                 print(f"{impl:12} {med:9.3f} {C.spread(vals):6.0f}% {C.fmt_ratio(ratio):>8}")
                 summary[case][impl] = {"median_s": med, "ref_over_impl": ratio}
-        for impl in impls:
-            errs = C.errors(rows, impl)
-            for msg in dict.fromkeys(errs):
-                print(f"  {impl}: error: {msg} ({errs.count(msg)} of {len(rows)} rounds)")
-            if errs:
-                summary[case].setdefault("errors", {})[impl] = errs
+        problems = C.report_problems(rows, impls)
+        if problems:
+            summary[case]["errors"] = problems
     return summary
 
 

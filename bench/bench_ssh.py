@@ -193,10 +193,7 @@ def report(results: dict, cases: list) -> dict:
                 cells += f" {C.fmt_ratio(ratios[impl]):>10}"
             print(f"{label:26} {unit:>6}{cells}")
             summary[f"{case}.{key}"] = {"unit": unit, "medians": medians, "ratios": ratios}
-        for impl in IMPLS:
-            errs = C.errors(rows, impl)
-            for msg in dict.fromkeys(errs):
-                print(f"  {impl}: error: {msg} ({errs.count(msg)} of {len(rows)} rounds)")
+        C.report_problems(rows, IMPLS)
     return summary
 
 

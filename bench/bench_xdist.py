@@ -200,12 +200,7 @@ def report(results: dict, cases: list) -> dict:
             cells, med, ratios = C.metric_row(rows, IMPLS, key, False, fmt_ms)
             print(f"{label:34}{cells}")
             summary[case][key] = {"medians_s": med, "time_ratios": ratios}
-        for impl in IMPLS:
-            errs = C.errors(rows, impl)
-            for msg in dict.fromkeys(errs):
-                print(f"  {impl}: error: {msg} ({errs.count(msg)} of {len(rows)} rounds)")
-            for note in sorted({r[impl]["note"] for r in rows if "note" in r.get(impl, {})}):
-                print(f"  {impl}: note: {note}")
+        C.report_problems(rows, IMPLS)
     return summary
 
 
