@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -157,6 +158,18 @@ class Peer:
     def send(self, data: bytes) -> None:
         os.write(self.to_conn, data)
 
+    @contextlib.contextmanager
+    def sending(self, data: bytes):
+        """Write data from another thread (a pipe holds less than a big
+        frame) while the block runs; the write is complete after it."""
+        writer = threading.Thread(target=self.send, args=(data,))
+        writer.start()
+        try:
+            yield
+        finally:
+            writer.join(TIMEOUT)
+        assert not writer.is_alive()
+
     def read(self, n: int) -> bytes:
         data = b""
         while len(data) < n:
@@ -226,11 +239,8 @@ def test_connection_big_payload(peer):
     peer.conn.start()
     big = os.urandom(3 * 1024 * 1024 + 17)
     payload = gateway_base.PURE_PYTHON_SERIALIZER["dumps_internal"](big)
-    data = frame(4, 1, payload)
-    writer = threading.Thread(target=peer.send, args=(data,))
-    writer.start()
-    assert q.get(TIMEOUT, None) == big
-    writer.join(TIMEOUT)
+    with peer.sending(frame(4, 1, payload)):
+        assert q.get(TIMEOUT, None) == big
 
 
 def test_connection_big_payloads_of_changing_sizes(peer):
@@ -240,15 +250,9 @@ def test_connection_big_payloads_of_changing_sizes(peer):
     dumps = gateway_base.PURE_PYTHON_SERIALIZER["dumps_internal"]
     sizes = [3 << 20, 2 << 20, (5 << 20) // 2, 70000, 3 << 20, 1 << 20]
     chunks = [bytes([i + 1]) * n for i, n in enumerate(sizes)]
-    writer = threading.Thread(
-        target=peer.send, args=(b"".join(frame(4, 1, dumps(c)) for c in chunks),)
-    )
-    writer.start()
-    try:
+    with peer.sending(b"".join(frame(4, 1, dumps(c)) for c in chunks)):
         for chunk in chunks:
             assert q.get(TIMEOUT, None) == chunk
-    finally:
-        writer.join(TIMEOUT)
 
 
 def lone_bytes_frame(channelid: int, data: bytes, stop: bytes = b"Q") -> bytes:
@@ -264,17 +268,13 @@ def test_connection_byte_strings_of_one_size(peer):
     peer.conn.start()
     chunks = [bytes([i]) * 300000 for i in range(1, 6)]
     for i, chunk in enumerate(chunks):
-        writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunk),))
-        writer.start()
-        assert q.get(TIMEOUT, None) == chunk
-        writer.join(TIMEOUT)
+        with peer.sending(lone_bytes_frame(1, chunk)):
+            assert q.get(TIMEOUT, None) == chunk
         peer.send(frame(4, 3, b"F" + i.to_bytes(4, "big") + b"Q"))
         assert other.get(TIMEOUT, None) == i
     # items queued that way are passed on like the others
-    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunks[0]) * 2,))
-    writer.start()
-    writer.join(TIMEOUT)
-    wait_for(lambda: q.qsize() == 2)
+    with peer.sending(lone_bytes_frame(1, chunks[0]) * 2):
+        wait_for(lambda: q.qsize() == 2)
     payloads, ended = q.pass_on()
     assert payloads == [lone_bytes_frame(1, chunks[0])[9:]] * 2 and not ended
 
@@ -283,21 +283,15 @@ def test_connection_byte_string_for_python_or_malformed(peer):
     q = peer.conn.queue(1, ENDMARKER)
     peer.conn.start()
     chunk = b"x" * 300000
-    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunk),))
-    writer.start()
-    assert q.get(TIMEOUT, None) == chunk
-    writer.join(TIMEOUT)
+    with peer.sending(lone_bytes_frame(1, chunk)):
+        assert q.get(TIMEOUT, None) == chunk
     # one of that size for a channel without queue goes to Python whole
-    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(7, chunk),))
-    writer.start()
-    wait_for(lambda: peer.frames)
-    writer.join(TIMEOUT)
+    with peer.sending(lone_bytes_frame(7, chunk)):
+        wait_for(lambda: peer.frames)
     assert peer.frames == [(4, 7, lone_bytes_frame(7, chunk)[9:])]
     # and one without its stop byte too (whose decoding then fails)
-    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunk, b"X"),))
-    writer.start()
-    wait_for(lambda: len(peer.frames) == 2)
-    writer.join(TIMEOUT)
+    with peer.sending(lone_bytes_frame(1, chunk, b"X")):
+        wait_for(lambda: len(peer.frames) == 2)
     assert peer.frames[1] == (4, 1, lone_bytes_frame(1, chunk, b"X")[9:])
 
 
@@ -305,14 +299,10 @@ def test_connection_byte_string_cut_short(peer):
     q = peer.conn.queue(1, ENDMARKER)
     peer.conn.start()
     chunk = b"y" * 300000
-    writer = threading.Thread(target=peer.send, args=(lone_bytes_frame(1, chunk),))
-    writer.start()
-    assert q.get(TIMEOUT, None) == chunk
-    writer.join(TIMEOUT)
-    cut = lone_bytes_frame(1, chunk)[:-1000]
-    writer = threading.Thread(target=peer.send, args=(cut,))
-    writer.start()
-    writer.join(TIMEOUT)
+    with peer.sending(lone_bytes_frame(1, chunk)):
+        assert q.get(TIMEOUT, None) == chunk
+    with peer.sending(lone_bytes_frame(1, chunk)[:-1000]):
+        pass
     os.close(peer.to_conn)
     assert peer.ended.wait(TIMEOUT)
     assert type(peer.end_error) is EOFError
