@@ -191,7 +191,9 @@ class RSync:
         local = self._local_offer()
         if local is not None:
             wire_options[LOCAL_OPTION] = local
-        channel.send((str(destdir), wire_options))
+        # (a receiver that failed at once has closed the channel already:
+        # send() reports its error)
+        _put(channel, (str(destdir), wire_options))
         self._targets[channel] = _Target(channel, finishedcallback)
 
     def _local_offer(self):

@@ -611,6 +611,28 @@ def test_receiver_ending_early_raises(gw1, gw2, dirs, monkeypatch, body, error):
     assert (dest2 / "f").read_text() == "x"  # the healthy target completed
 
 
+def test_receiver_failing_before_add_target_sends(gw1, dirs, monkeypatch):
+    # its channel is closed, with the error, before add_target() sends to it
+    source, dest1, _ = dirs
+    write(source / "f", "x")
+    failing = dest1.parent / "failing_receiver.py"
+    failing.write_text("if __name__ == '__channelexec__':\n    raise ValueError('failed at once')\n")
+    spec = importlib.util.spec_from_file_location("failing_receiver", failing)
+    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
+    remote_exec = gw1.remote_exec
+
+    def remote_exec_until_closed(source):
+        channel = remote_exec(source)
+        wait_for(channel.isclosed)
+        return channel
+
+    monkeypatch.setattr(gw1, "remote_exec", remote_exec_until_closed)
+    rs = execnet.RSync(source, verbose=False)
+    rs.add_target(gw1, dest1)
+    with pytest.raises((OSError, RemoteError), match="failed at once"):
+        rs.send()
+
+
 HOSTILE_RECEIVER = """
 if __name__ == "__channelexec__":
     for _ in range(3):  # (destdir, options), the root's list, the file
