@@ -1323,20 +1323,34 @@ pump_slice(xn_connection *c, uint64_t mark, int64_t slice_end)
     return result;
 }
 
-/* Connection.pump(mark): the calling thread, having nothing else to do,
- * reads the connection itself until a frame went to Python since mark (a
- * value of .dispatched), handling frames inline where the inline
- * dispatcher takes them: a worker's idle primary thread gets its next task
- * without another thread waking it. Returns True, or False once reading
- * ended; NULL with an exception set on a signal. */
+/* Connection.pump(mark, timeout=None): the calling thread, having nothing
+ * else to do, reads the connection itself until a frame went to Python
+ * since mark (a value of .dispatched), handling frames inline where the
+ * inline dispatcher takes them: a worker's idle primary thread gets its
+ * next task without another thread waking it. Returns True, or False once
+ * reading ended; NULL with an exception set on a signal or (TimeoutError)
+ * after timeout seconds. */
 static PyObject *
-conn_pump(xn_connection *c, PyObject *arg)
+conn_pump(xn_connection *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    unsigned long long mark = PyLong_AsUnsignedLongLong(arg);
+    static const char *const names[] = {"mark", "timeout"};
+    PyObject *params[2];
+    if (xn_parse_args("pump", args, nargs, kwnames, names, 2, 1, params) < 0)
+        return NULL;
+    unsigned long long mark = PyLong_AsUnsignedLongLong(params[0]);
     if (mark == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
+    int64_t deadline = -1;
+    if (params[1] != NULL && params[1] != Py_None) {
+        double seconds = PyFloat_AsDouble(params[1]);
+        if (seconds == -1.0 && PyErr_Occurred())
+            return NULL;
+        deadline = xn_monotonic_ns() + (seconds > 0 ? (int64_t)(seconds * 1e9) : 0);
+    }
     for (;;) {
         int64_t slice_end = xn_monotonic_ns() + PUMP_SLICE_NS;
+        if (deadline >= 0 && deadline < slice_end)
+            slice_end = deadline;
         int rc;
         Py_BEGIN_ALLOW_THREADS
         rc = pump_slice(c, (uint64_t)mark, slice_end);
@@ -1345,6 +1359,12 @@ conn_pump(xn_connection *c, PyObject *arg)
             return PyBool_FromLong(rc == PUMP_DISPATCHED);
         if (PyErr_CheckSignals() < 0)
             return NULL;
+        if (deadline >= 0 && xn_monotonic_ns() >= deadline) {
+            xn_state *st = xn_state_of_type(Py_TYPE(c));
+            if (st != NULL && xn_require_installed(st) == 0)
+                PyErr_Format(st->TimeoutError, "nothing handled after %R seconds", params[1]);
+            return NULL;
+        }
     }
 }
 
@@ -1494,8 +1514,8 @@ static PyMethodDef conn_methods[] = {
      "queue(channelid, endmarker): a native queue for that channel's data"},
     {"forget", (PyCFunction)conn_forget, METH_O, "forget(channelid): stop queueing its data"},
     {"close_write", (PyCFunction)conn_close_write, METH_NOARGS, "close the writing side"},
-    {"pump", (PyCFunction)conn_pump, METH_O,
-     "pump(mark): read while idle until a frame went to Python since mark"},
+    {"pump", (PyCFunction)(void (*)(void))conn_pump, METH_FASTCALL | METH_KEYWORDS,
+     "pump(mark, timeout=None): read while idle until a frame went to Python since mark"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -414,7 +414,7 @@ def test_pump_handles_frames_in_the_calling_thread(inline_peer):
     peer = inline_peer()  # no IO thread yet: the pump is the only reader
     mark = peer.conn.dispatched
     peer.send(frame(5, 3, b""))
-    assert peer.conn.pump(mark) is True
+    assert peer.conn.pump(mark, TIMEOUT) is True
     assert peer.inline.calls == [(threading.get_ident(), (5, 3, b""))]
     assert peer.conn.dispatched == mark + 1
     peer.conn.start()
@@ -428,7 +428,7 @@ def test_pump_queues_data_and_returns_at_a_frame_for_python(inline_peer):
     q = peer.conn.queue(3, ENDMARKER)
     mark = peer.conn.dispatched
     peer.send(frame(4, 3, b"LQ") + frame(1, 7, b""))
-    assert peer.conn.pump(mark) is True
+    assert peer.conn.pump(mark, TIMEOUT) is True
     assert q.get(0, None) is None  # queued while pumping
     assert [call for _, call in peer.inline.calls] == [(1, 7, b"")]
 
@@ -440,10 +440,17 @@ def test_pump_leaves_refused_frames_to_the_io_thread(inline_peer):
     peer.send(frame(6, 1, b"") + frame(5, 1, b""))
     # returns once the IO thread handled the refused frame; the rest after it
     while peer.conn.dispatched < mark + 2:
-        assert peer.conn.pump(peer.conn.dispatched) is True
+        assert peer.conn.pump(peer.conn.dispatched, TIMEOUT) is True
     # the IO thread takes over from the refused frame on, in order
     assert peer.frames == [(6, 1, b""), (5, 1, b"")]
     assert [call for _, call in peer.inline.calls] in ([], [(6, 1, b"")])
+
+
+def test_pump_times_out(inline_peer):
+    peer = inline_peer()
+    peer.conn.start()
+    with pytest.raises(execnet.TimeoutError, match="nothing handled after 0.05 seconds"):
+        peer.conn.pump(peer.conn.dispatched, 0.05)
 
 
 def test_pump_returns_false_at_the_end(inline_peer):
@@ -451,7 +458,7 @@ def test_pump_returns_false_at_the_end(inline_peer):
     peer.conn.start()
     mark = peer.conn.dispatched
     os.close(peer.to_conn)
-    assert peer.conn.pump(mark) is False
+    assert peer.conn.pump(mark, TIMEOUT) is False
     assert peer.ended.wait(TIMEOUT)
     assert type(peer.end_error) is EOFError
 
@@ -459,7 +466,7 @@ def test_pump_returns_false_at_the_end(inline_peer):
 def test_inline_error_ends_the_connection_with_it(inline_peer):
     peer = inline_peer(accept=lambda code: "raise")
     peer.send(frame(5, 1, b"") + frame(5, 2, b""))
-    assert peer.conn.pump(peer.conn.dispatched) is True
+    assert peer.conn.pump(peer.conn.dispatched, TIMEOUT) is True
     peer.conn.start()  # the IO thread reports the end
     assert peer.ended.wait(TIMEOUT)
     assert type(peer.end_error) is ValueError
