@@ -80,6 +80,19 @@ plausible_int_text(const unsigned char *p, size_t n)
     return n > 0;
 }
 
+/* Reads the 4-byte length or count at p + *pos (left bytes from there on)
+ * into *v and moves *pos past it. Returns 1 if it is not negative and the
+ * bytes after it can hold that many, else 0. */
+static int
+length_operand(const unsigned char *p, size_t *pos, size_t left, int32_t *v)
+{
+    if (left < 4)
+        return 0;
+    *v = xn_get_i32(p + *pos);
+    *pos += 4;
+    return *v >= 0 && (size_t)*v <= left - 4;
+}
+
 /* Returns 1 if the payload p[0..n) is a well-formed serialized value as far
  * as can be told without building it: known opcodes, complete operands,
  * lengths that fit, a consistent stack, valid UTF-8, one value before STOP.
@@ -110,11 +123,7 @@ xn_payload_plausible(const unsigned char *p, size_t n)
             height++;
             break;
         case 'A': case 'M': case 'N': case 'S': case 'H': case 'I':
-            if (left < 4)
-                return 0;
-            v = xn_get_i32(p + pos);
-            pos += 4;
-            if (v < 0 || (size_t)v > left - 4)
+            if (!length_operand(p, &pos, left, &v))
                 return 0;
             if ((op == 'N' || op == 'S') && !valid_utf8(p + pos, (size_t)v))
                 return 0;
@@ -124,11 +133,8 @@ xn_payload_plausible(const unsigned char *p, size_t n)
             height++;
             break;
         case 'K':
-            if (left < 4)
-                return 0;
-            v = xn_get_i32(p + pos);
-            pos += 4;
-            if (v < 0 || (size_t)v > left - 4)
+            /* a list's size: each item takes a byte at least */
+            if (!length_operand(p, &pos, left, &v))
                 return 0;
             height++;
             break;
