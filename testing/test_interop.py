@@ -260,27 +260,26 @@ def tmpcwd():
         yield d
 
 
-@pytest.fixture
-def ref_server(refpython, tmpcwd, watchdog):
-    script = ref_package_dir(refpython) / "script" / "socketserver.py"
-    server = ServerProcess([refpython, "-u", str(script), "127.0.0.1:0"], tmpcwd, clean_env())
+def running(server, watchdog):
+    """Yield server (a ServerProcess) for a fixture; stop it afterwards."""
     watchdog.append(server.proc.kill)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def ref_server(refpython, tmpcwd, watchdog):
+    script = ref_package_dir(refpython) / "script" / "socketserver.py"
+    command = [refpython, "-u", str(script), "127.0.0.1:0"]
+    yield from running(ServerProcess(command, tmpcwd, clean_env()), watchdog)
 
 
 @pytest.fixture
 def our_server(tmpcwd, watchdog):
-    server = ServerProcess(
-        [sys.executable, "-u", "-m", "execnet.script.socketserver", "127.0.0.1:0"], tmpcwd
-    )
-    watchdog.append(server.proc.kill)
-    try:
-        yield server
-    finally:
-        server.stop()
+    command = [sys.executable, "-u", "-m", "execnet.script.socketserver", "127.0.0.1:0"]
+    yield from running(ServerProcess(command, tmpcwd), watchdog)
 
 
 @pytest.fixture
