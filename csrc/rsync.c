@@ -207,10 +207,12 @@ retry_or_raise(int err, PyObject *filename)
 static int
 open_path(PyObject *path, int flags, PyObject *filename)
 {
+    /* taken with the GIL: no object is touched without it */
+    const char *name = PyBytes_AS_STRING(path);
     int fd, err;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        fd = open(PyBytes_AS_STRING(path), flags | O_CLOEXEC, 0666);
+        fd = open(name, flags | O_CLOEXEC, 0666);
         err = errno;
         Py_END_ALLOW_THREADS
         if (fd >= 0) {
