@@ -188,6 +188,15 @@ write_all(int fd, const char *buf, size_t n, int *err)
     return done;
 }
 
+/* Sets OSError(err, strerror(err), filename).  Returns -1. */
+static int
+raise_errno(int err, PyObject *filename)
+{
+    errno = err;
+    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, filename);
+    return -1;
+}
+
 /* Returns 0 if err is EINTR and no signal handler raised (the caller
  * retries), else -1 with OSError(err, ..., filename) or the handler's
  * exception set. */
@@ -197,9 +206,7 @@ retry_or_raise(int err, PyObject *filename)
     if (err == EINTR) {
         return PyErr_CheckSignals();
     }
-    errno = err;
-    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, filename);
-    return -1;
+    return raise_errno(err, filename);
 }
 
 /* Returns an open descriptor for path (bytes from PyUnicode_FSConverter),
@@ -234,11 +241,21 @@ close_fd(int fd, PyObject *filename)
     err = errno;
     Py_END_ALLOW_THREADS
     if (rc < 0 && err != EINTR) {
-        errno = err;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, filename);
-        return -1;
+        return raise_errno(err, filename);
     }
     return 0;
+}
+
+/* Fills *st for fd; returns 0 or -1 with OSError set. */
+static int
+stat_fd(int fd, struct stat *st, PyObject *filename)
+{
+    int rc, err;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fstat(fd, st);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    return rc < 0 ? raise_errno(err, filename) : 0;
 }
 
 /* ---- the module functions ------------------------------------------------ */
@@ -349,7 +366,7 @@ rsync_read_file(PyObject *module, PyObject *path_arg)
     PyObject *path = NULL, *data = NULL;
     struct stat st;
     Py_ssize_t cap, len = 0;
-    int fd = -1, rc, err;
+    int fd = -1, err;
     (void)module;
 
     if (!PyUnicode_FSConverter(path_arg, &path)) {
@@ -359,18 +376,11 @@ rsync_read_file(PyObject *module, PyObject *path_arg)
     if (fd < 0) {
         goto error;
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = fstat(fd, &st);
-    err = errno;
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        errno = err;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_arg);
+    if (stat_fd(fd, &st, path_arg) < 0) {
         goto error;
     }
     if (S_ISDIR(st.st_mode)) {
-        errno = EISDIR;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_arg);
+        raise_errno(EISDIR, path_arg);
         goto error;
     }
     /* one byte more than the size, so that end of file shows at once */
@@ -661,13 +671,11 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (in < 0) {
         goto error;
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = fstat(in, &st);
-    err = errno;
-    Py_END_ALLOW_THREADS
-    if (rc < 0 || !S_ISREG(st.st_mode)) {
-        errno = rc < 0 ? err : EINVAL;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[0]);
+    if (stat_fd(in, &st, args[0]) < 0) {
+        goto error;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        raise_errno(EINVAL, args[0]);
         goto error;
     }
     out = open_path(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, args[1]);
