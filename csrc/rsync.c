@@ -246,6 +246,19 @@ close_fd(int fd, PyObject *filename)
     return 0;
 }
 
+/* Closes fd, if it is one, without the GIL, ignoring errors: for error
+ * paths (an exception may be set) and descriptors only read from. */
+static void
+close_quietly(int fd)
+{
+    if (fd < 0) {
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    (void)close(fd);
+    Py_END_ALLOW_THREADS
+}
+
 /* Fills *st for fd; returns 0 or -1 with OSError set. */
 static int
 stat_fd(int fd, struct stat *st, PyObject *filename)
@@ -345,9 +358,7 @@ rsync_md5_file(PyObject *module, PyObject *path_arg)
     return result;
 
 error:
-    if (fd >= 0) {
-        close(fd);
-    }
+    close_quietly(fd);
     Py_XDECREF(result);
     PyMem_Free(chunk);
     Py_XDECREF(path);
@@ -431,9 +442,7 @@ rsync_read_file(PyObject *module, PyObject *path_arg)
     return data;
 
 error:
-    if (fd >= 0) {
-        close(fd);
-    }
+    close_quietly(fd);
     Py_XDECREF(data);
     Py_XDECREF(path);
     return NULL;
@@ -569,9 +578,7 @@ rsync_write_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 
 error:
-    if (fd >= 0) {
-        close(fd);
-    }
+    close_quietly(fd);
     if (have_view) {
         PyBuffer_Release(&view);
     }
@@ -719,19 +726,15 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (rc < 0) {
         goto error;
     }
-    close(in);
+    close_quietly(in);
     PyMem_Free(buf);
     Py_DECREF(source);
     Py_DECREF(path);
     return PyLong_FromUnsignedLongLong(total);
 
 error:
-    if (in >= 0) {
-        close(in);
-    }
-    if (out >= 0) {
-        close(out);
-    }
+    close_quietly(in);
+    close_quietly(out);
     PyMem_Free(buf);
     Py_XDECREF(source);
     Py_XDECREF(path);
