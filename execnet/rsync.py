@@ -22,6 +22,7 @@ from .rsync_remote import LINKS_END
 from .rsync_remote import LOCAL_OPTION
 from .rsync_remote import STREAM_OPTION
 from .rsync_remote import STREAM_VERSION
+from .rsync_remote import _md5_file_python
 from .rsync_remote import host_identity
 
 TYPE_CHECKING = False  # (typing is not imported at run time)
@@ -52,12 +53,6 @@ class RSyncError(OSError):
         self.failures = list(failures)
         lines = "".join(f"\n  {gw!r}: {path}: {why}" for gw, path, why in self.failures)
         super().__init__(f"{len(self.failures)} entries not synchronised:{lines}")
-
-
-def _md5_file_python(path) -> bytes:
-    from .rsync_remote import _md5_file_python as md5_file
-
-    return md5_file(path)
 
 
 def _read_file_python(path) -> bytes:
