@@ -49,16 +49,25 @@ def _md5_file_python(path):
             digest.update(piece)
 
 
+# os.open() flags for a file to write: created or truncated, a symlink
+# there refused
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_WRITE_FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _write_all(fd, data):
+    """os.write() data to fd until all of it is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_file_python(path, data, mode, mtime):
     """Write data to path, refusing a symlink there; then, best effort, set
     the permission bits (mode, unless 0) and both times (mtime, unless None)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags, 0o666)
+    fd = os.open(path, _WRITE_FLAGS, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
     _set_metadata(path, mode, mtime)
@@ -83,9 +92,7 @@ def _copy_file_python(source, path, mode, mtime):
     with open(source, "rb") as fsrc:
         if not stat.S_ISREG(os.fstat(fsrc.fileno()).st_mode):
             raise OSError(f"not a regular file: {source!r}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-        with open(os.open(path, flags, 0o666), "wb") as fdst:
+        with open(os.open(path, _WRITE_FLAGS, 0o666), "wb") as fdst:
             shutil.copyfileobj(fsrc, fdst, 1 << 20)
     _set_metadata(path, mode, mtime)
 
@@ -443,9 +450,7 @@ class Receiver:
                 raise ValueError(f"rsync: bad piece for {relpath!r}")
             if error is None:
                 try:
-                    view = memoryview(piece)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    _write_all(fd, piece)
                 except OSError as exc:
                     error = exc
         if fd is not None:
