@@ -439,7 +439,7 @@ class Receiver:
         partial = os.path.join(head, f".{tail}.xn-partial")
         fd, error = None, None
         try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(partial, _WRITE_FLAGS, 0o600)  # (not through a symlink)
         except OSError as exc:
             error = exc
         while True:

@@ -741,6 +741,23 @@ def test_receiver_replaces_a_planted_link_instead_of_following_it(gw1, dirs):
     assert tree(dest) == tree(source)
 
 
+def test_receiver_does_not_follow_a_planted_link_at_a_partial_name(group, dirs, monkeypatch):
+    # a file sent in pieces is written to ".<name>.xn-partial" first
+    monkeypatch.setenv(rsync.LOCAL_ENV, "0")
+    monkeypatch.setattr(rsync, "PIECE_SIZE", 4096)
+    source, dest, _ = dirs
+    write(source / "big", os.urandom(10_000))
+    write(source / "small", "s")
+    outside = dest.parent / "outside"
+    outside.write_text("untouched")
+    dest.mkdir()
+    os.symlink(outside, dest / ".big.xn-partial")
+    failures = sync(source, (group.makegateway("popen"), dest), raises=False)
+    assert outside.read_text() == "untouched"
+    assert [relpath for _, relpath, _ in failures] == ["big"]
+    assert (dest / "small").read_text() == "s"
+
+
 # -- the C file helpers ----------------------------------------------------------------
 
 
