@@ -23,6 +23,7 @@ from .rsync_remote import LOCAL_OPTION
 from .rsync_remote import STREAM_OPTION
 from .rsync_remote import STREAM_VERSION
 from .rsync_remote import _md5_file_python
+from .rsync_remote import describe_error
 from .rsync_remote import host_identity
 
 TYPE_CHECKING = False  # (typing is not imported at run time)
@@ -272,7 +273,7 @@ class RSync:
                 # leave the destination's copy as it is (None: as for a link)
                 relpath = path[len(self._sourcedir) + 1 :].replace(os.sep, "/")
                 for channel in self._targets:
-                    self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
+                    self._fail(channel, relpath, describe_error(exc))
                 self._broadcast(None)
                 return
             self._send_directory(path, entries)
@@ -422,7 +423,7 @@ class RSync:
                 raise OSError(f"{len(data)} bytes: too large for one item")
         except OSError as exc:
             self._account(target, relpath, 0, announce=False)
-            self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
+            self._fail(channel, relpath, describe_error(exc))
             _put(channel, None)
             return
         self._account(target, relpath, len(data), announce=True)
@@ -443,7 +444,7 @@ class RSync:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
-            self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
+            self._fail(channel, relpath, describe_error(exc))
             _put(channel, None)
             return
         _put(channel, (CHUNKED, None))
@@ -454,7 +455,7 @@ class RSync:
                     break
                 _put(channel, piece)
         except OSError as exc:
-            self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
+            self._fail(channel, relpath, describe_error(exc))
             _put(channel, False)
         else:
             _put(channel, None)

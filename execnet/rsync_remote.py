@@ -36,6 +36,11 @@ WRITER_THREADS = 2
 LINKS_END = 42
 
 
+def describe_error(exc):
+    """How a failure is reported: "ExceptionClass: message"."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _md5_file_python(path):
     """The raw MD5 digest of the file at path, read in pieces."""
     import hashlib
@@ -265,7 +270,7 @@ class Receiver:
 
     def fail(self, relpath, exc):
         """Note that relpath could not be synchronised and why."""
-        text = f"{type(exc).__name__}: {exc}"
+        text = describe_error(exc)
         self.failures.append((relpath, text))
         if self.stream:
             self.channel.send(("xn-failed", (relpath, text)))
