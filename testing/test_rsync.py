@@ -807,16 +807,18 @@ def test_c_copy_file_between_filesystems(core, tmp_path):
 
 
 def test_c_helpers_raise_oserror_with_filename(core, tmp_path):
-    missing = str(tmp_path / "missing")
-    for call in (
-        lambda: core.rsync_read_file(missing),
-        lambda: core.rsync_md5_file(missing),
-        lambda: core.rsync_write_file(str(tmp_path / "no" / "dir"), b"x", 0, None),
-        lambda: core.rsync_copy_file(missing, str(tmp_path / "c"), 0, None),
+    missing, no_dir = str(tmp_path / "missing"), str(tmp_path / "no" / "dir")
+    for call, filename in (
+        (lambda: core.rsync_read_file(missing), missing),
+        (lambda: core.rsync_md5_file(missing), missing),
+        (lambda: core.rsync_write_file(no_dir, b"x", 0, None), no_dir),
+        (lambda: core.rsync_copy_file(missing, str(tmp_path / "c"), 0, None), missing),
+        (lambda: core.rsync_copy_file(str(tmp_path), str(tmp_path / "c"), 0, None), str(tmp_path)),
+        (lambda: core.rsync_copy_file(__file__, no_dir, 0, None), no_dir),
     ):
         with pytest.raises(OSError) as info:
             call()
-        assert info.value.filename in (missing, str(tmp_path / "no" / "dir"))
+        assert info.value.filename == filename
     with pytest.raises(OSError):
         core.rsync_read_file(str(tmp_path))  # a directory
     os.symlink(tmp_path / "target", tmp_path / "link")
@@ -866,7 +868,12 @@ def test_c_helpers_do_not_leak(core, tmp_path):
                     call(str(tmp_path / "missing"))
             with pytest.raises(OSError):
                 core.rsync_copy_file(src, str(tmp_path / "no" / "dst"), 0, None)
+            with pytest.raises(OSError):  # opened, then refused
+                core.rsync_read_file(str(tmp_path))
+            with pytest.raises(OSError):  # opened, then refused
+                core.rsync_copy_file(str(tmp_path), dst, 0, None)
 
+    fds = len(os.listdir("/proc/self/fd"))
     tracemalloc.start()
     try:
         phase()
@@ -876,6 +883,7 @@ def test_c_helpers_do_not_leak(core, tmp_path):
     finally:
         tracemalloc.stop()
     assert second - first < 50_000
+    assert len(os.listdir("/proc/self/fd")) == fds  # no descriptor left open
 
 
 # -- interoperation with reference execnet 2.1.2 --------------------------------------
