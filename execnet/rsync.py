@@ -311,14 +311,14 @@ class RSync:
         try:
             command, data = item
         except (TypeError, ValueError):
-            self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
+            self._unexpected(target, item)
             return
         if command == "send":
             try:
                 components, checksum = data
                 components = list(components)
             except (TypeError, ValueError):
-                self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
+                self._unexpected(target, item)
                 return
             self._send_file(target, components, checksum)
         elif command == "ack":
@@ -346,10 +346,14 @@ class RSync:
             target.stream = data.get("version") == STREAM_VERSION
             target.local = target.stream and data.get("local") is True
         elif command == "xn-failed":
-            relpath, why = data
+            try:
+                relpath, why = data
+            except (TypeError, ValueError):
+                self._unexpected(target, item)
+                return
             self._fail(channel, relpath, why)
         else:
-            self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
+            self._unexpected(target, item)
 
     def _acked(self, target, relpath) -> None:
         size = target.sizes.get(relpath.replace(os.sep, "/"), 0)
@@ -357,6 +361,9 @@ class RSync:
             self._progress.acked(size)
         if self._callback is not None:
             self._callback("ack", size, target.channel)
+
+    def _unexpected(self, target, item) -> None:
+        self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
 
     def _drop(self, target, exc) -> None:
         """Give up on target (its receiver misbehaved or ended)."""

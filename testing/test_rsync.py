@@ -662,6 +662,27 @@ def test_master_refuses_requests_outside_its_source(gw1, dirs, monkeypatch):
     assert (relpath, why) == ("../secret", "refused: the path leaves the source directory")
 
 
+def test_master_drops_a_receiver_sending_a_malformed_failure(gw1, dirs, monkeypatch):
+    source, dest, _ = dirs
+    write(source / "f", "x")
+    module_path = dest.parent / "malformed_receiver.py"
+    module_path.write_text(
+        "if __name__ == '__channelexec__':\n"
+        "    for _ in range(3):\n"
+        "        channel.receive()\n"
+        "    channel.send(('xn-failed', 5))\n"
+        "    channel.receive()\n"
+    )
+    spec = importlib.util.spec_from_file_location("malformed_receiver", module_path)
+    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
+    rs = execnet.RSync(source, verbose=False)
+    rs.add_target(gw1, dest)
+    channel = next(iter(rs._targets))
+    with pytest.raises(OSError, match="unexpected message"):
+        rs.send()
+    assert channel.isclosed()
+
+
 # -- a hostile sender ----------------------------------------------------------------
 
 
