@@ -674,7 +674,9 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !PyUnicode_FSConverter(args[1], &path)) {
         goto error;
     }
-    in = open_path(source, O_RDONLY, args[0]);
+    /* O_NONBLOCK: a FIFO put there meanwhile is refused below, not waited
+     * on for a writer (reads of a regular file do not heed it) */
+    in = open_path(source, O_RDONLY | O_NONBLOCK, args[0]);
     if (in < 0) {
         goto error;
     }

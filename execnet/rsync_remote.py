@@ -94,7 +94,10 @@ def _copy_file_python(source, path, mode, mtime):
     then set mode and times as _write_file_python does."""
     import shutil
 
-    with open(source, "rb") as fsrc:
+    # O_NONBLOCK: a FIFO put there meanwhile is refused, not waited on for
+    # a writer (reads of a regular file do not heed it)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    with open(os.open(source, flags), "rb") as fsrc:
         if not stat.S_ISREG(os.fstat(fsrc.fileno()).st_mode):
             raise OSError(f"not a regular file: {source!r}")
         with open(os.open(path, _WRITE_FLAGS, 0o666), "wb") as fdst:

@@ -827,6 +827,16 @@ def test_c_copy_file_between_filesystems(core, tmp_path):
     assert os.stat(tmp_path / "c").st_mtime == 7.0
 
 
+@pytest.mark.parametrize("helper", ["c", "python"])
+def test_copy_file_refuses_a_fifo_without_waiting_for_a_writer(core, tmp_path, helper):
+    # the source may have been replaced by a FIFO since the master looked
+    copy_file = core.rsync_copy_file if helper == "c" else rsync_remote._copy_file_python
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError):
+        copy_file(str(tmp_path / "fifo"), str(tmp_path / "c"), 0, None)
+    assert not (tmp_path / "c").exists()
+
+
 def test_c_helpers_raise_oserror_with_filename(core, tmp_path):
     missing, no_dir = str(tmp_path / "missing"), str(tmp_path / "no" / "dir")
     for call, filename in (
