@@ -188,6 +188,15 @@ write_all(int fd, const char *buf, size_t n, int *err)
     return done;
 }
 
+/* Sets OSError(err, strerror(err), filename).  Returns -1. */
+static int
+raise_errno(int err, PyObject *filename)
+{
+    errno = err;
+    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, filename);
+    return -1;
+}
+
 /* Returns 0 if err is EINTR and no signal handler raised (the caller
  * retries), else -1 with OSError(err, ..., filename) or the handler's
  * exception set. */
@@ -197,9 +206,7 @@ retry_or_raise(int err, PyObject *filename)
     if (err == EINTR) {
         return PyErr_CheckSignals();
     }
-    errno = err;
-    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, filename);
-    return -1;
+    return raise_errno(err, filename);
 }
 
 /* Returns an open descriptor for path (bytes from PyUnicode_FSConverter),
@@ -207,10 +214,12 @@ retry_or_raise(int err, PyObject *filename)
 static int
 open_path(PyObject *path, int flags, PyObject *filename)
 {
+    /* taken with the GIL: no object is touched without it */
+    const char *name = PyBytes_AS_STRING(path);
     int fd, err;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        fd = open(PyBytes_AS_STRING(path), flags | O_CLOEXEC, 0666);
+        fd = open(name, flags | O_CLOEXEC, 0666);
         err = errno;
         Py_END_ALLOW_THREADS
         if (fd >= 0) {
@@ -232,11 +241,34 @@ close_fd(int fd, PyObject *filename)
     err = errno;
     Py_END_ALLOW_THREADS
     if (rc < 0 && err != EINTR) {
-        errno = err;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, filename);
-        return -1;
+        return raise_errno(err, filename);
     }
     return 0;
+}
+
+/* Closes fd, if it is one, without the GIL, ignoring errors: for error
+ * paths (an exception may be set) and descriptors only read from. */
+static void
+close_quietly(int fd)
+{
+    if (fd < 0) {
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    (void)close(fd);
+    Py_END_ALLOW_THREADS
+}
+
+/* Fills *st for fd; returns 0 or -1 with OSError set. */
+static int
+stat_fd(int fd, struct stat *st, PyObject *filename)
+{
+    int rc, err;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fstat(fd, st);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    return rc < 0 ? raise_errno(err, filename) : 0;
 }
 
 /* ---- the module functions ------------------------------------------------ */
@@ -326,9 +358,7 @@ rsync_md5_file(PyObject *module, PyObject *path_arg)
     return result;
 
 error:
-    if (fd >= 0) {
-        close(fd);
-    }
+    close_quietly(fd);
     Py_XDECREF(result);
     PyMem_Free(chunk);
     Py_XDECREF(path);
@@ -347,7 +377,7 @@ rsync_read_file(PyObject *module, PyObject *path_arg)
     PyObject *path = NULL, *data = NULL;
     struct stat st;
     Py_ssize_t cap, len = 0;
-    int fd = -1, rc, err;
+    int fd = -1, err;
     (void)module;
 
     if (!PyUnicode_FSConverter(path_arg, &path)) {
@@ -357,18 +387,11 @@ rsync_read_file(PyObject *module, PyObject *path_arg)
     if (fd < 0) {
         goto error;
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = fstat(fd, &st);
-    err = errno;
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        errno = err;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_arg);
+    if (stat_fd(fd, &st, path_arg) < 0) {
         goto error;
     }
     if (S_ISDIR(st.st_mode)) {
-        errno = EISDIR;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_arg);
+        raise_errno(EISDIR, path_arg);
         goto error;
     }
     /* one byte more than the size, so that end of file shows at once */
@@ -419,9 +442,7 @@ rsync_read_file(PyObject *module, PyObject *path_arg)
     return data;
 
 error:
-    if (fd >= 0) {
-        close(fd);
-    }
+    close_quietly(fd);
     Py_XDECREF(data);
     Py_XDECREF(path);
     return NULL;
@@ -557,9 +578,7 @@ rsync_write_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 
 error:
-    if (fd >= 0) {
-        close(fd);
-    }
+    close_quietly(fd);
     if (have_view) {
         PyBuffer_Release(&view);
     }
@@ -655,17 +674,17 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !PyUnicode_FSConverter(args[1], &path)) {
         goto error;
     }
-    in = open_path(source, O_RDONLY, args[0]);
+    /* O_NONBLOCK: a FIFO put there meanwhile is refused below, not waited
+     * on for a writer (reads of a regular file do not heed it) */
+    in = open_path(source, O_RDONLY | O_NONBLOCK, args[0]);
     if (in < 0) {
         goto error;
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = fstat(in, &st);
-    err = errno;
-    Py_END_ALLOW_THREADS
-    if (rc < 0 || !S_ISREG(st.st_mode)) {
-        errno = rc < 0 ? err : EINVAL;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[0]);
+    if (stat_fd(in, &st, args[0]) < 0) {
+        goto error;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        raise_errno(EINVAL, args[0]);
         goto error;
     }
     out = open_path(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, args[1]);
@@ -709,19 +728,15 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (rc < 0) {
         goto error;
     }
-    close(in);
+    close_quietly(in);
     PyMem_Free(buf);
     Py_DECREF(source);
     Py_DECREF(path);
     return PyLong_FromUnsignedLongLong(total);
 
 error:
-    if (in >= 0) {
-        close(in);
-    }
-    if (out >= 0) {
-        close(out);
-    }
+    close_quietly(in);
+    close_quietly(out);
     PyMem_Free(buf);
     Py_XDECREF(source);
     Py_XDECREF(path);

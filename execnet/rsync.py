@@ -22,6 +22,8 @@ from .rsync_remote import LINKS_END
 from .rsync_remote import LOCAL_OPTION
 from .rsync_remote import STREAM_OPTION
 from .rsync_remote import STREAM_VERSION
+from .rsync_remote import _md5_file_python
+from .rsync_remote import describe_error
 from .rsync_remote import host_identity
 
 TYPE_CHECKING = False  # (typing is not imported at run time)
@@ -52,12 +54,6 @@ class RSyncError(OSError):
         self.failures = list(failures)
         lines = "".join(f"\n  {gw!r}: {path}: {why}" for gw, path, why in self.failures)
         super().__init__(f"{len(self.failures)} entries not synchronised:{lines}")
-
-
-def _md5_file_python(path) -> bytes:
-    from .rsync_remote import _md5_file_python as md5_file
-
-    return md5_file(path)
 
 
 def _read_file_python(path) -> bytes:
@@ -277,7 +273,7 @@ class RSync:
                 # leave the destination's copy as it is (None: as for a link)
                 relpath = path[len(self._sourcedir) + 1 :].replace(os.sep, "/")
                 for channel in self._targets:
-                    self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
+                    self._fail(channel, relpath, describe_error(exc))
                 self._broadcast(None)
                 return
             self._send_directory(path, entries)
@@ -315,14 +311,14 @@ class RSync:
         try:
             command, data = item
         except (TypeError, ValueError):
-            self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
+            self._unexpected(target, item)
             return
         if command == "send":
             try:
                 components, checksum = data
                 components = list(components)
             except (TypeError, ValueError):
-                self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
+                self._unexpected(target, item)
                 return
             self._send_file(target, components, checksum)
         elif command == "ack":
@@ -350,10 +346,14 @@ class RSync:
             target.stream = data.get("version") == STREAM_VERSION
             target.local = target.stream and data.get("local") is True
         elif command == "xn-failed":
-            relpath, why = data
+            try:
+                relpath, why = data
+            except (TypeError, ValueError):
+                self._unexpected(target, item)
+                return
             self._fail(channel, relpath, why)
         else:
-            self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
+            self._unexpected(target, item)
 
     def _acked(self, target, relpath) -> None:
         size = target.sizes.get(relpath.replace(os.sep, "/"), 0)
@@ -361,6 +361,9 @@ class RSync:
             self._progress.acked(size)
         if self._callback is not None:
             self._callback("ack", size, target.channel)
+
+    def _unexpected(self, target, item) -> None:
+        self._drop(target, OSError(f"rsync: unexpected message {item!r}"))
 
     def _drop(self, target, exc) -> None:
         """Give up on target (its receiver misbehaved or ended)."""
@@ -427,7 +430,7 @@ class RSync:
                 raise OSError(f"{len(data)} bytes: too large for one item")
         except OSError as exc:
             self._account(target, relpath, 0, announce=False)
-            self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
+            self._fail(channel, relpath, describe_error(exc))
             _put(channel, None)
             return
         self._account(target, relpath, len(data), announce=True)
@@ -448,7 +451,7 @@ class RSync:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
-            self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
+            self._fail(channel, relpath, describe_error(exc))
             _put(channel, None)
             return
         _put(channel, (CHUNKED, None))
@@ -459,7 +462,7 @@ class RSync:
                     break
                 _put(channel, piece)
         except OSError as exc:
-            self._fail(channel, relpath, f"{type(exc).__name__}: {exc}")
+            self._fail(channel, relpath, describe_error(exc))
             _put(channel, False)
         else:
             _put(channel, None)

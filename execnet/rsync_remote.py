@@ -36,6 +36,11 @@ WRITER_THREADS = 2
 LINKS_END = 42
 
 
+def describe_error(exc):
+    """How a failure is reported: "ExceptionClass: message"."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _md5_file_python(path):
     """The raw MD5 digest of the file at path, read in pieces."""
     import hashlib
@@ -49,16 +54,25 @@ def _md5_file_python(path):
             digest.update(piece)
 
 
+# os.open() flags for a file to write: created or truncated, a symlink
+# there refused
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_WRITE_FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _write_all(fd, data):
+    """os.write() data to fd until all of it is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_file_python(path, data, mode, mtime):
     """Write data to path, refusing a symlink there; then, best effort, set
     the permission bits (mode, unless 0) and both times (mtime, unless None)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags, 0o666)
+    fd = os.open(path, _WRITE_FLAGS, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
     _set_metadata(path, mode, mtime)
@@ -80,12 +94,13 @@ def _copy_file_python(source, path, mode, mtime):
     then set mode and times as _write_file_python does."""
     import shutil
 
-    with open(source, "rb") as fsrc:
+    # O_NONBLOCK: a FIFO put there meanwhile is refused, not waited on for
+    # a writer (reads of a regular file do not heed it)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    with open(os.open(source, flags), "rb") as fsrc:
         if not stat.S_ISREG(os.fstat(fsrc.fileno()).st_mode):
             raise OSError(f"not a regular file: {source!r}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-        with open(os.open(path, flags, 0o666), "wb") as fdst:
+        with open(os.open(path, _WRITE_FLAGS, 0o666), "wb") as fdst:
             shutil.copyfileobj(fsrc, fdst, 1 << 20)
     _set_metadata(path, mode, mtime)
 
@@ -258,7 +273,7 @@ class Receiver:
 
     def fail(self, relpath, exc):
         """Note that relpath could not be synchronised and why."""
-        text = f"{type(exc).__name__}: {exc}"
+        text = describe_error(exc)
         self.failures.append((relpath, text))
         if self.stream:
             self.channel.send(("xn-failed", (relpath, text)))
@@ -432,7 +447,7 @@ class Receiver:
         partial = os.path.join(head, f".{tail}.xn-partial")
         fd, error = None, None
         try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(partial, _WRITE_FLAGS, 0o600)  # (not through a symlink)
         except OSError as exc:
             error = exc
         while True:
@@ -443,9 +458,7 @@ class Receiver:
                 raise ValueError(f"rsync: bad piece for {relpath!r}")
             if error is None:
                 try:
-                    view = memoryview(piece)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    _write_all(fd, piece)
                 except OSError as exc:
                     error = exc
         if fd is not None:

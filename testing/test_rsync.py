@@ -662,6 +662,27 @@ def test_master_refuses_requests_outside_its_source(gw1, dirs, monkeypatch):
     assert (relpath, why) == ("../secret", "refused: the path leaves the source directory")
 
 
+def test_master_drops_a_receiver_sending_a_malformed_failure(gw1, dirs, monkeypatch):
+    source, dest, _ = dirs
+    write(source / "f", "x")
+    module_path = dest.parent / "malformed_receiver.py"
+    module_path.write_text(
+        "if __name__ == '__channelexec__':\n"
+        "    for _ in range(3):\n"
+        "        channel.receive()\n"
+        "    channel.send(('xn-failed', 5))\n"
+        "    channel.receive()\n"
+    )
+    spec = importlib.util.spec_from_file_location("malformed_receiver", module_path)
+    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
+    rs = execnet.RSync(source, verbose=False)
+    rs.add_target(gw1, dest)
+    channel = next(iter(rs._targets))
+    with pytest.raises(OSError, match="unexpected message"):
+        rs.send()
+    assert channel.isclosed()
+
+
 # -- a hostile sender ----------------------------------------------------------------
 
 
@@ -741,6 +762,23 @@ def test_receiver_replaces_a_planted_link_instead_of_following_it(gw1, dirs):
     assert tree(dest) == tree(source)
 
 
+def test_receiver_does_not_follow_a_planted_link_at_a_partial_name(group, dirs, monkeypatch):
+    # a file sent in pieces is written to ".<name>.xn-partial" first
+    monkeypatch.setenv(rsync.LOCAL_ENV, "0")
+    monkeypatch.setattr(rsync, "PIECE_SIZE", 4096)
+    source, dest, _ = dirs
+    write(source / "big", os.urandom(10_000))
+    write(source / "small", "s")
+    outside = dest.parent / "outside"
+    outside.write_text("untouched")
+    dest.mkdir()
+    os.symlink(outside, dest / ".big.xn-partial")
+    failures = sync(source, (group.makegateway("popen"), dest), raises=False)
+    assert outside.read_text() == "untouched"
+    assert [relpath for _, relpath, _ in failures] == ["big"]
+    assert (dest / "small").read_text() == "s"
+
+
 # -- the C file helpers ----------------------------------------------------------------
 
 
@@ -789,17 +827,29 @@ def test_c_copy_file_between_filesystems(core, tmp_path):
     assert os.stat(tmp_path / "c").st_mtime == 7.0
 
 
+@pytest.mark.parametrize("helper", ["c", "python"])
+def test_copy_file_refuses_a_fifo_without_waiting_for_a_writer(core, tmp_path, helper):
+    # the source may have been replaced by a FIFO since the master looked
+    copy_file = core.rsync_copy_file if helper == "c" else rsync_remote._copy_file_python
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError):
+        copy_file(str(tmp_path / "fifo"), str(tmp_path / "c"), 0, None)
+    assert not (tmp_path / "c").exists()
+
+
 def test_c_helpers_raise_oserror_with_filename(core, tmp_path):
-    missing = str(tmp_path / "missing")
-    for call in (
-        lambda: core.rsync_read_file(missing),
-        lambda: core.rsync_md5_file(missing),
-        lambda: core.rsync_write_file(str(tmp_path / "no" / "dir"), b"x", 0, None),
-        lambda: core.rsync_copy_file(missing, str(tmp_path / "c"), 0, None),
+    missing, no_dir = str(tmp_path / "missing"), str(tmp_path / "no" / "dir")
+    for call, filename in (
+        (lambda: core.rsync_read_file(missing), missing),
+        (lambda: core.rsync_md5_file(missing), missing),
+        (lambda: core.rsync_write_file(no_dir, b"x", 0, None), no_dir),
+        (lambda: core.rsync_copy_file(missing, str(tmp_path / "c"), 0, None), missing),
+        (lambda: core.rsync_copy_file(str(tmp_path), str(tmp_path / "c"), 0, None), str(tmp_path)),
+        (lambda: core.rsync_copy_file(__file__, no_dir, 0, None), no_dir),
     ):
         with pytest.raises(OSError) as info:
             call()
-        assert info.value.filename in (missing, str(tmp_path / "no" / "dir"))
+        assert info.value.filename == filename
     with pytest.raises(OSError):
         core.rsync_read_file(str(tmp_path))  # a directory
     os.symlink(tmp_path / "target", tmp_path / "link")
@@ -849,7 +899,12 @@ def test_c_helpers_do_not_leak(core, tmp_path):
                     call(str(tmp_path / "missing"))
             with pytest.raises(OSError):
                 core.rsync_copy_file(src, str(tmp_path / "no" / "dst"), 0, None)
+            with pytest.raises(OSError):  # opened, then refused
+                core.rsync_read_file(str(tmp_path))
+            with pytest.raises(OSError):  # opened, then refused
+                core.rsync_copy_file(str(tmp_path), dst, 0, None)
 
+    fds = len(os.listdir("/proc/self/fd"))
     tracemalloc.start()
     try:
         phase()
@@ -859,6 +914,7 @@ def test_c_helpers_do_not_leak(core, tmp_path):
     finally:
         tracemalloc.stop()
     assert second - first < 50_000
+    assert len(os.listdir("/proc/self/fd")) == fds  # no descriptor left open
 
 
 # -- interoperation with reference execnet 2.1.2 --------------------------------------
