@@ -63,7 +63,7 @@ typedef struct {
     xn_sshchan *chans;
     int next_id;
     int busy;    /* a blocking call runs before start() */
-    int users;   /* threads waiting inside open_channel or wait_channel */
+    int users;   /* threads using the core without the GIL (enter_core) */
     int closing; /* close() runs: waiters leave */
 } xn_ssh_core;
 
@@ -1129,6 +1129,17 @@ enter_core(xn_ssh_core *core)
     pthread_mutex_unlock(&core->lock);
 }
 
+/* Ends the calling thread's use of core begun by enter_core(); close()
+ * may free core once core->lock is released.  core->lock held, GIL or
+ * not; returns nothing. */
+static void
+leave_core(xn_ssh_core *core)
+{
+    if (--core->users == 0) {
+        pthread_cond_broadcast(&core->cond);
+    }
+}
+
 /* Waits on core->cond until deadline_ns (monotonic; <0: a slice of 50 ms
  * for Ctrl-C).  core->lock held, no GIL.  Returns nothing. */
 static void
@@ -1175,18 +1186,22 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
 {
     const char *command;
     PyObject *timeout = NULL, *result = NULL;
-    xn_ssh_core *core = started_core(self);
+    xn_ssh_core *core;
     xn_sshchan *c = NULL;
     int gw_read = -1, gw_write = -1, state = CH_FAILED, id = 0, interrupted = 0;
     int64_t deadline;
     char error[200] = "";
 
-    if (core == NULL || !PyArg_ParseTuple(args, "s|O:open_channel", &command,
-                                          &timeout)) {
+    /* arguments first: converting them may run Python code, close() too */
+    if (!PyArg_ParseTuple(args, "s|O:open_channel", &command, &timeout)) {
         return NULL;
     }
     deadline = deadline_of(timeout);
     if (deadline == -2) {
+        return NULL;
+    }
+    core = started_core(self);
+    if (core == NULL) {
         return NULL;
     }
     c = calloc(1, sizeof *c);
@@ -1259,9 +1274,7 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
         id = c->id;
         c = NULL; /* the pump owns it now */
     }
-    if (--core->users == 0) {
-        pthread_cond_broadcast(&core->cond);
-    }
+    leave_core(core);
     pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
     if (interrupted) {
@@ -1293,10 +1306,15 @@ static PyObject *
 session_close_channel(xn_ssh_session *self, PyObject *args)
 {
     int id;
-    xn_ssh_core *core = started_core(self);
-    if (core == NULL || !PyArg_ParseTuple(args, "i:close_channel", &id)) {
+    xn_ssh_core *core;
+    if (!PyArg_ParseTuple(args, "i:close_channel", &id)) {
         return NULL;
     }
+    core = started_core(self);
+    if (core == NULL) {
+        return NULL;
+    }
+    enter_core(core);
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&core->lock);
     xn_sshchan *c = find_chan(core, id);
@@ -1304,6 +1322,7 @@ session_close_channel(xn_ssh_session *self, PyObject *args)
         c->close_req = 1;
         wake_pump(core);
     }
+    leave_core(core);
     pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -1318,14 +1337,17 @@ session_wait_channel(xn_ssh_session *self, PyObject *args)
     int id, done = 0, status = -1, known = 1, interrupted = 0;
     PyObject *timeout = NULL;
     int64_t deadline;
-    xn_ssh_core *core = started_core(self);
+    xn_ssh_core *core;
 
-    if (core == NULL ||
-        !PyArg_ParseTuple(args, "i|O:wait_channel", &id, &timeout)) {
+    if (!PyArg_ParseTuple(args, "i|O:wait_channel", &id, &timeout)) {
         return NULL;
     }
     deadline = deadline_of(timeout);
     if (deadline == -2) {
+        return NULL;
+    }
+    core = started_core(self);
+    if (core == NULL) {
         return NULL;
     }
     enter_core(core);
@@ -1356,9 +1378,7 @@ session_wait_channel(xn_ssh_session *self, PyObject *args)
         }
         wait_until(core, deadline);
     }
-    if (--core->users == 0) {
-        pthread_cond_broadcast(&core->cond);
-    }
+    leave_core(core);
     pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
     if (interrupted) {
@@ -1409,9 +1429,11 @@ session_get_alive(xn_ssh_session *self, void *Py_UNUSED(closure))
     int alive = 0;
     xn_ssh_core *core = self->core;
     if (core != NULL) {
+        enter_core(core);
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&core->lock);
         alive = !core->dead;
+        leave_core(core);
         pthread_mutex_unlock(&core->lock);
         Py_END_ALLOW_THREADS
     }
@@ -1425,11 +1447,13 @@ session_get_open_channels(xn_ssh_session *self, void *Py_UNUSED(closure))
     long n = 0;
     xn_ssh_core *core = self->core;
     if (core != NULL) {
+        enter_core(core);
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&core->lock);
         for (xn_sshchan *c = core->chans; c != NULL; c = c->next) {
             n += c->state != CH_DONE && c->state != CH_FAILED;
         }
+        leave_core(core);
         pthread_mutex_unlock(&core->lock);
         Py_END_ALLOW_THREADS
     }

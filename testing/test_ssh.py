@@ -531,6 +531,33 @@ def test_idle_native_session_does_not_spin(group, server):
     channel.waitclose(TIMEOUT)
 
 
+def test_session_closed_while_its_arguments_convert(server):
+    # converting an argument runs Python code, which may close the session:
+    # the call then fails as on a closed session instead of using freed memory
+    spec = execnet.XSpec(ssh_spec(server, "native"))
+    session = None
+
+    class Closing:
+        def __index__(self):
+            session.close()
+            return 1
+
+        def __float__(self):
+            session.close()
+            return 1.0
+
+    for call in (
+        lambda: session.close_channel(Closing()),
+        lambda: session.wait_channel(Closing()),
+        lambda: session.wait_channel(1, Closing()),
+        lambda: session.open_channel("true", Closing()),
+    ):
+        session = gateway_ssh.connect(spec, gateway_ssh.resolve_target(spec))
+        with pytest.raises(gateway_ssh._execnet.SshError, match="not running"):
+            call()
+        assert not session.alive
+
+
 # --- a server with an RSA host key too, and at most two channels a connection ----------
 
 
