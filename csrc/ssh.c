@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -663,15 +664,26 @@ ssh_error_class(PyObject *self)
     return st == NULL ? NULL : st->SshError;
 }
 
+/* Raises SshError(fmt % ...) (PyUnicode_FromFormat's formats).  Returns
+ * NULL. */
+static PyObject *
+raise_ssh_errorf(PyObject *self, const char *fmt, ...)
+{
+    PyObject *cls = ssh_error_class(self);
+    if (cls != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        PyErr_FormatV(cls, fmt, ap);
+        va_end(ap);
+    }
+    return NULL;
+}
+
 /* Raises SshError(text).  Returns NULL. */
 static PyObject *
 raise_ssh_error(PyObject *self, const char *text)
 {
-    PyObject *cls = ssh_error_class(self);
-    if (cls != NULL) {
-        PyErr_SetString(cls, text);
-    }
-    return NULL;
+    return raise_ssh_errorf(self, "%s", text);
 }
 
 /* Returns self's core if open and not started, marked busy; or NULL with
@@ -767,10 +779,9 @@ session_set_hostkey_methods(xn_ssh_session *self, PyObject *args)
     rc = libssh2_session_method_pref(core->s, LIBSSH2_METHOD_HOSTKEY, prefs);
     core->busy = 0;
     if (rc != 0) {
-        PyErr_Format(ssh_error_class((PyObject *)self),
-                     "no usable host key algorithm in %s: %s", prefs,
-                     last_error_text(core->s));
-        return NULL;
+        return raise_ssh_errorf((PyObject *)self,
+                                "no usable host key algorithm in %s: %s", prefs,
+                                last_error_text(core->s));
     }
     Py_RETURN_NONE;
 }
@@ -789,9 +800,8 @@ session_handshake(xn_ssh_session *self, PyObject *Py_UNUSED(ignored))
     Py_END_ALLOW_THREADS
     core->busy = 0;
     if (rc != 0) {
-        PyErr_Format(ssh_error_class((PyObject *)self),
-                     "ssh handshake failed: %s", last_error_text(core->s));
-        return NULL;
+        return raise_ssh_errorf((PyObject *)self, "ssh handshake failed: %s",
+                                last_error_text(core->s));
     }
     Py_RETURN_NONE;
 }
@@ -962,9 +972,9 @@ session_auth_methods(xn_ssh_session *self, PyObject *args)
         if (libssh2_userauth_authenticated(core->s)) {
             return PyUnicode_FromString("");
         }
-        PyErr_Format(ssh_error_class((PyObject *)self),
-                     "ssh authentication failed: %s", last_error_text(core->s));
-        return NULL;
+        return raise_ssh_errorf((PyObject *)self,
+                                "ssh authentication failed: %s",
+                                last_error_text(core->s));
     }
     return PyUnicode_FromString(list);
 }
