@@ -1150,6 +1150,22 @@ leave_core(xn_ssh_core *core)
     }
 }
 
+/* Runs Python's signal handlers for a thread waiting in core: releases
+ * core->lock and takes the GIL back through *save (the thread state
+ * Py_BEGIN_ALLOW_THREADS saved) meanwhile.  core->lock held, no GIL.
+ * Returns 1 if a handler raised (the exception is set), else 0. */
+static int
+signal_raised(xn_ssh_core *core, PyThreadState **save)
+{
+    int raised;
+    pthread_mutex_unlock(&core->lock);
+    PyEval_RestoreThread(*save);
+    raised = PyErr_CheckSignals() < 0;
+    *save = PyEval_SaveThread();
+    pthread_mutex_lock(&core->lock);
+    return raised;
+}
+
 /* Waits on core->cond until deadline_ns (monotonic; <0: a slice of 50 ms
  * for Ctrl-C).  core->lock held, no GIL.  Returns nothing. */
 static void
@@ -1264,11 +1280,7 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
                          "timed out opening an ssh channel");
                 break;
             }
-            pthread_mutex_unlock(&core->lock);
-            Py_BLOCK_THREADS
-            interrupted = PyErr_CheckSignals() < 0;
-            Py_UNBLOCK_THREADS
-            pthread_mutex_lock(&core->lock);
+            interrupted = signal_raised(core, &_save);
             if (interrupted) {
                 c->close_req = 1;
                 wake_pump(core);
@@ -1378,11 +1390,7 @@ session_wait_channel(xn_ssh_session *self, PyObject *args)
             (deadline >= 0 && xn_monotonic_ns() >= deadline)) {
             break;
         }
-        pthread_mutex_unlock(&core->lock);
-        Py_BLOCK_THREADS
-        interrupted = PyErr_CheckSignals() < 0;
-        Py_UNBLOCK_THREADS
-        pthread_mutex_lock(&core->lock);
+        interrupted = signal_raised(core, &_save);
         if (interrupted) {
             break;
         }
