@@ -56,7 +56,7 @@ typedef struct {
     int sock;
     LIBSSH2_SESSION *s;
     pthread_mutex_t lock; /* everything below; the session once started */
-    pthread_cond_t cond;  /* a channel changed state */
+    pthread_cond_t cond;  /* a channel changed state (monotonic clock) */
     int wake[2];          /* Python -> pump: look at the requests */
     pthread_t thread;
     int started, stop, dead;
@@ -719,6 +719,7 @@ session_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     double timeout;
     xn_ssh_core *core = NULL;
     xn_ssh_session *self = NULL;
+    pthread_condattr_t attr;
 
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "id:SshSession", kwlist,
                                      &fd, &timeout)) {
@@ -733,7 +734,10 @@ session_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     core->wake[0] = core->wake[1] = -1;
     core->next_id = 1;
     pthread_mutex_init(&core->lock, NULL);
-    pthread_cond_init(&core->cond, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&core->cond, &attr);
+    pthread_condattr_destroy(&attr);
     if (make_pipe(&core->wake[0], &core->wake[1]) < 0 ||
         set_nonblocking(core->wake[0]) < 0 ||
         set_nonblocking(core->wake[1]) < 0) {
@@ -1172,16 +1176,12 @@ static void
 wait_until(xn_ssh_core *core, int64_t deadline_ns)
 {
     struct timespec ts;
-    int64_t now = xn_monotonic_ns();
-    int64_t until = now + 50000000;
+    int64_t until = xn_monotonic_ns() + 50000000;
     if (deadline_ns >= 0 && deadline_ns < until) {
         until = deadline_ns;
     }
-    /* the condition uses the realtime clock: wait for the same span */
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t abs_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + (until - now);
-    ts.tv_sec = (time_t)(abs_ns / 1000000000);
-    ts.tv_nsec = (long)(abs_ns % 1000000000);
+    ts.tv_sec = (time_t)(until / 1000000000);
+    ts.tv_nsec = (long)(until % 1000000000);
     pthread_cond_timedwait(&core->cond, &core->lock, &ts);
 }
 
