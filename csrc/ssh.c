@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,7 +56,7 @@ typedef struct {
     int sock;
     LIBSSH2_SESSION *s;
     pthread_mutex_t lock; /* everything below; the session once started */
-    pthread_cond_t cond;  /* a channel changed state */
+    pthread_cond_t cond;  /* a channel changed state (monotonic clock) */
     int wake[2];          /* Python -> pump: look at the requests */
     pthread_t thread;
     int started, stop, dead;
@@ -63,7 +64,7 @@ typedef struct {
     xn_sshchan *chans;
     int next_id;
     int busy;    /* a blocking call runs before start() */
-    int users;   /* threads waiting inside open_channel or wait_channel */
+    int users;   /* threads using the core without the GIL (enter_core) */
     int closing; /* close() runs: waiters leave */
 } xn_ssh_core;
 
@@ -663,15 +664,26 @@ ssh_error_class(PyObject *self)
     return st == NULL ? NULL : st->SshError;
 }
 
+/* Raises SshError(fmt % ...) (PyUnicode_FromFormat's formats).  Returns
+ * NULL. */
+static PyObject *
+raise_ssh_errorf(PyObject *self, const char *fmt, ...)
+{
+    PyObject *cls = ssh_error_class(self);
+    if (cls != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        PyErr_FormatV(cls, fmt, ap);
+        va_end(ap);
+    }
+    return NULL;
+}
+
 /* Raises SshError(text).  Returns NULL. */
 static PyObject *
 raise_ssh_error(PyObject *self, const char *text)
 {
-    PyObject *cls = ssh_error_class(self);
-    if (cls != NULL) {
-        PyErr_SetString(cls, text);
-    }
-    return NULL;
+    return raise_ssh_errorf(self, "%s", text);
 }
 
 /* Returns self's core if open and not started, marked busy; or NULL with
@@ -707,6 +719,7 @@ session_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     double timeout;
     xn_ssh_core *core = NULL;
     xn_ssh_session *self = NULL;
+    pthread_condattr_t attr;
 
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "id:SshSession", kwlist,
                                      &fd, &timeout)) {
@@ -721,7 +734,10 @@ session_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     core->wake[0] = core->wake[1] = -1;
     core->next_id = 1;
     pthread_mutex_init(&core->lock, NULL);
-    pthread_cond_init(&core->cond, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&core->cond, &attr);
+    pthread_condattr_destroy(&attr);
     if (make_pipe(&core->wake[0], &core->wake[1]) < 0 ||
         set_nonblocking(core->wake[0]) < 0 ||
         set_nonblocking(core->wake[1]) < 0) {
@@ -767,10 +783,9 @@ session_set_hostkey_methods(xn_ssh_session *self, PyObject *args)
     rc = libssh2_session_method_pref(core->s, LIBSSH2_METHOD_HOSTKEY, prefs);
     core->busy = 0;
     if (rc != 0) {
-        PyErr_Format(ssh_error_class((PyObject *)self),
-                     "no usable host key algorithm in %s: %s", prefs,
-                     last_error_text(core->s));
-        return NULL;
+        return raise_ssh_errorf((PyObject *)self,
+                                "no usable host key algorithm in %s: %s", prefs,
+                                last_error_text(core->s));
     }
     Py_RETURN_NONE;
 }
@@ -789,9 +804,8 @@ session_handshake(xn_ssh_session *self, PyObject *Py_UNUSED(ignored))
     Py_END_ALLOW_THREADS
     core->busy = 0;
     if (rc != 0) {
-        PyErr_Format(ssh_error_class((PyObject *)self),
-                     "ssh handshake failed: %s", last_error_text(core->s));
-        return NULL;
+        return raise_ssh_errorf((PyObject *)self, "ssh handshake failed: %s",
+                                last_error_text(core->s));
     }
     Py_RETURN_NONE;
 }
@@ -962,9 +976,9 @@ session_auth_methods(xn_ssh_session *self, PyObject *args)
         if (libssh2_userauth_authenticated(core->s)) {
             return PyUnicode_FromString("");
         }
-        PyErr_Format(ssh_error_class((PyObject *)self),
-                     "ssh authentication failed: %s", last_error_text(core->s));
-        return NULL;
+        return raise_ssh_errorf((PyObject *)self,
+                                "ssh authentication failed: %s",
+                                last_error_text(core->s));
     }
     return PyUnicode_FromString(list);
 }
@@ -1129,22 +1143,45 @@ enter_core(xn_ssh_core *core)
     pthread_mutex_unlock(&core->lock);
 }
 
+/* Ends the calling thread's use of core begun by enter_core(); close()
+ * may free core once core->lock is released.  core->lock held, GIL or
+ * not; returns nothing. */
+static void
+leave_core(xn_ssh_core *core)
+{
+    if (--core->users == 0) {
+        pthread_cond_broadcast(&core->cond);
+    }
+}
+
+/* Runs Python's signal handlers for a thread waiting in core: releases
+ * core->lock and takes the GIL back through *save (the thread state
+ * Py_BEGIN_ALLOW_THREADS saved) meanwhile.  core->lock held, no GIL.
+ * Returns 1 if a handler raised (the exception is set), else 0. */
+static int
+signal_raised(xn_ssh_core *core, PyThreadState **save)
+{
+    int raised;
+    pthread_mutex_unlock(&core->lock);
+    PyEval_RestoreThread(*save);
+    raised = PyErr_CheckSignals() < 0;
+    *save = PyEval_SaveThread();
+    pthread_mutex_lock(&core->lock);
+    return raised;
+}
+
 /* Waits on core->cond until deadline_ns (monotonic; <0: a slice of 50 ms
  * for Ctrl-C).  core->lock held, no GIL.  Returns nothing. */
 static void
 wait_until(xn_ssh_core *core, int64_t deadline_ns)
 {
     struct timespec ts;
-    int64_t now = xn_monotonic_ns();
-    int64_t until = now + 50000000;
+    int64_t until = xn_monotonic_ns() + 50000000;
     if (deadline_ns >= 0 && deadline_ns < until) {
         until = deadline_ns;
     }
-    /* the condition uses the realtime clock: wait for the same span */
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t abs_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + (until - now);
-    ts.tv_sec = (time_t)(abs_ns / 1000000000);
-    ts.tv_nsec = (long)(abs_ns % 1000000000);
+    ts.tv_sec = (time_t)(until / 1000000000);
+    ts.tv_nsec = (long)(until % 1000000000);
     pthread_cond_timedwait(&core->cond, &core->lock, &ts);
 }
 
@@ -1175,18 +1212,22 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
 {
     const char *command;
     PyObject *timeout = NULL, *result = NULL;
-    xn_ssh_core *core = started_core(self);
+    xn_ssh_core *core;
     xn_sshchan *c = NULL;
     int gw_read = -1, gw_write = -1, state = CH_FAILED, id = 0, interrupted = 0;
     int64_t deadline;
     char error[200] = "";
 
-    if (core == NULL || !PyArg_ParseTuple(args, "s|O:open_channel", &command,
-                                          &timeout)) {
+    /* arguments first: converting them may run Python code, close() too */
+    if (!PyArg_ParseTuple(args, "s|O:open_channel", &command, &timeout)) {
         return NULL;
     }
     deadline = deadline_of(timeout);
     if (deadline == -2) {
+        return NULL;
+    }
+    core = started_core(self);
+    if (core == NULL) {
         return NULL;
     }
     c = calloc(1, sizeof *c);
@@ -1239,11 +1280,7 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
                          "timed out opening an ssh channel");
                 break;
             }
-            pthread_mutex_unlock(&core->lock);
-            Py_BLOCK_THREADS
-            interrupted = PyErr_CheckSignals() < 0;
-            Py_UNBLOCK_THREADS
-            pthread_mutex_lock(&core->lock);
+            interrupted = signal_raised(core, &_save);
             if (interrupted) {
                 c->close_req = 1;
                 wake_pump(core);
@@ -1259,9 +1296,7 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
         id = c->id;
         c = NULL; /* the pump owns it now */
     }
-    if (--core->users == 0) {
-        pthread_cond_broadcast(&core->cond);
-    }
+    leave_core(core);
     pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
     if (interrupted) {
@@ -1293,10 +1328,15 @@ static PyObject *
 session_close_channel(xn_ssh_session *self, PyObject *args)
 {
     int id;
-    xn_ssh_core *core = started_core(self);
-    if (core == NULL || !PyArg_ParseTuple(args, "i:close_channel", &id)) {
+    xn_ssh_core *core;
+    if (!PyArg_ParseTuple(args, "i:close_channel", &id)) {
         return NULL;
     }
+    core = started_core(self);
+    if (core == NULL) {
+        return NULL;
+    }
+    enter_core(core);
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&core->lock);
     xn_sshchan *c = find_chan(core, id);
@@ -1304,6 +1344,7 @@ session_close_channel(xn_ssh_session *self, PyObject *args)
         c->close_req = 1;
         wake_pump(core);
     }
+    leave_core(core);
     pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -1318,14 +1359,17 @@ session_wait_channel(xn_ssh_session *self, PyObject *args)
     int id, done = 0, status = -1, known = 1, interrupted = 0;
     PyObject *timeout = NULL;
     int64_t deadline;
-    xn_ssh_core *core = started_core(self);
+    xn_ssh_core *core;
 
-    if (core == NULL ||
-        !PyArg_ParseTuple(args, "i|O:wait_channel", &id, &timeout)) {
+    if (!PyArg_ParseTuple(args, "i|O:wait_channel", &id, &timeout)) {
         return NULL;
     }
     deadline = deadline_of(timeout);
     if (deadline == -2) {
+        return NULL;
+    }
+    core = started_core(self);
+    if (core == NULL) {
         return NULL;
     }
     enter_core(core);
@@ -1346,19 +1390,13 @@ session_wait_channel(xn_ssh_session *self, PyObject *args)
             (deadline >= 0 && xn_monotonic_ns() >= deadline)) {
             break;
         }
-        pthread_mutex_unlock(&core->lock);
-        Py_BLOCK_THREADS
-        interrupted = PyErr_CheckSignals() < 0;
-        Py_UNBLOCK_THREADS
-        pthread_mutex_lock(&core->lock);
+        interrupted = signal_raised(core, &_save);
         if (interrupted) {
             break;
         }
         wait_until(core, deadline);
     }
-    if (--core->users == 0) {
-        pthread_cond_broadcast(&core->cond);
-    }
+    leave_core(core);
     pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
     if (interrupted) {
@@ -1409,9 +1447,11 @@ session_get_alive(xn_ssh_session *self, void *Py_UNUSED(closure))
     int alive = 0;
     xn_ssh_core *core = self->core;
     if (core != NULL) {
+        enter_core(core);
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&core->lock);
         alive = !core->dead;
+        leave_core(core);
         pthread_mutex_unlock(&core->lock);
         Py_END_ALLOW_THREADS
     }
@@ -1425,11 +1465,13 @@ session_get_open_channels(xn_ssh_session *self, void *Py_UNUSED(closure))
     long n = 0;
     xn_ssh_core *core = self->core;
     if (core != NULL) {
+        enter_core(core);
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&core->lock);
         for (xn_sshchan *c = core->chans; c != NULL; c = c->next) {
             n += c->state != CH_DONE && c->state != CH_FAILED;
         }
+        leave_core(core);
         pthread_mutex_unlock(&core->lock);
         Py_END_ALLOW_THREADS
     }

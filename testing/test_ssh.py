@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -529,6 +530,60 @@ def test_idle_native_session_does_not_spin(group, server):
     assert used < 0.1, f"{used:.2f} s of CPU in 0.5 s of waiting"
     channel.send(None)
     channel.waitclose(TIMEOUT)
+
+
+def test_session_closed_while_its_arguments_convert(server):
+    # converting an argument runs Python code, which may close the session:
+    # the call then fails as on a closed session instead of using freed memory
+    spec = execnet.XSpec(ssh_spec(server, "native"))
+    session = None
+
+    class Closing:
+        def __index__(self):
+            session.close()
+            return 1
+
+        def __float__(self):
+            session.close()
+            return 1.0
+
+    for call in (
+        lambda: session.close_channel(Closing()),
+        lambda: session.wait_channel(Closing()),
+        lambda: session.wait_channel(1, Closing()),
+        lambda: session.open_channel("true", Closing()),
+    ):
+        session = gateway_ssh.connect(spec, gateway_ssh.resolve_target(spec))
+        with pytest.raises(gateway_ssh._execnet.SshError, match="not running"):
+            call()
+        assert not session.alive
+
+
+def test_signal_handler_ends_a_wait_for_a_channel(server):
+    # the waits without the GIL run Python's signal handlers (Ctrl-C)
+    spec = execnet.XSpec(ssh_spec(server, "native"))
+    session = gateway_ssh.connect(spec, gateway_ssh.resolve_target(spec))
+
+    class Alarm(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        raise Alarm
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        chan_id, rfd, wfd = session.open_channel("sleep 30", TIMEOUT)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        start = time.monotonic()
+        with pytest.raises(Alarm):
+            session.wait_channel(chan_id, TIMEOUT)
+        assert time.monotonic() - start < TIMEOUT / 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        session.close()
+    os.close(rfd)
+    os.close(wfd)
 
 
 # --- a server with an RSA host key too, and at most two channels a connection ----------
