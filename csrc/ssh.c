@@ -66,6 +66,9 @@ typedef struct {
     int busy;    /* a blocking call runs before start() */
     int users;   /* threads using the core without the GIL (enter_core) */
     int closing; /* close() runs: waiters leave */
+    /* the remotes' stderr, read under lock, written to ours without it */
+    char errbuf[4096];
+    size_t errlen;
 } xn_ssh_core;
 
 typedef struct {
@@ -271,20 +274,20 @@ pump_running(xn_ssh_core *core, xn_sshchan *c, int *err, short *want_in,
              short *want_out)
 {
     int progress = 0;
-    ssize_t n;
-    char junk[4096];
+    ssize_t n = 0;
 
     *want_in = *want_out = 0;
-    /* the remote's stderr goes to ours, as the ssh program does it */
-    for (;;) {
-        n = libssh2_channel_read_stderr(c->ch, junk, sizeof junk);
+    /* the remote's stderr goes to ours, as the ssh program does it (by
+     * pump_main, which writes it without holding the lock: a stderr that
+     * blocks must not block the threads that wait for that lock) */
+    while (core->errlen < sizeof core->errbuf) {
+        n = libssh2_channel_read_stderr(c->ch, core->errbuf + core->errlen,
+                                        sizeof core->errbuf - core->errlen);
         if (n <= 0) {
             break;
         }
+        core->errlen += (size_t)n;
         progress = 1;
-        if (write(STDERR_FILENO, junk, (size_t)n) < 0) {
-            /* nowhere to report it */
-        }
     }
     if (n < 0 && n != LIBSSH2_ERROR_EAGAIN && !is_channel_error((int)n)) {
         *err = (int)n;
@@ -538,6 +541,33 @@ count_chans(xn_ssh_core *core)
 /* The pump thread: drives the non-blocking session until stop.  Waits in
  * poll() on the socket, the wake pipe and the channels' pipes whenever no
  * byte can move.  Returns NULL. */
+/* Writes the remotes' stderr gathered in core->errbuf to ours, without
+ * core->lock meanwhile (held on entry and on return). Returns nothing. */
+static void
+flush_stderr(xn_ssh_core *core)
+{
+    char text[sizeof core->errbuf];
+    size_t len = core->errlen;
+    if (len == 0) {
+        return;
+    }
+    memcpy(text, core->errbuf, len);
+    core->errlen = 0;
+    pthread_mutex_unlock(&core->lock);
+    size_t done = 0;
+    while (done < len) {
+        ssize_t w = write(STDERR_FILENO, text + done, len - done);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            break; /* nowhere to report it */
+        }
+        done += (size_t)w;
+    }
+    pthread_mutex_lock(&core->lock);
+}
+
 static void *
 pump_main(void *arg)
 {
@@ -561,6 +591,7 @@ pump_main(void *arg)
         }
         if (!core->dead) {
             r = pump_pass(core, fds, &nfds, maxfds, &active, &queued, &err);
+            flush_stderr(core);
             if (r < 0) {
                 session_died(core, err);
                 continue;

@@ -519,6 +519,13 @@ def test_program_transport_builds_the_reference_command_line(tmp_path):
     assert gateway_ssh.choose_transport(spec) == "program"
 
 
+def test_remote_stderr_reaches_ours(group, server, transport, capfd):
+    gw = group.makegateway(ssh_spec(server, transport))
+    gw.remote_exec("import os; os.write(2, b'written to stderr remotely\\n')").waitclose(TIMEOUT)
+    seen = []
+    wait_for(lambda: seen.append(capfd.readouterr().err) or "written to stderr remotely" in "".join(seen))
+
+
 def test_idle_native_session_does_not_spin(group, server):
     gw = group.makegateway(ssh_spec(server, "native"))
     channel = gw.remote_exec("channel.send(1); channel.receive()")
