@@ -275,9 +275,29 @@ typedef struct {
     Py_ssize_t size, capacity;
 } xn_buffer;
 
+/* ---- splice.c: big writes to a pipe through vmsplice ------------------- */
+
+typedef struct {
+    char *base;    /* the ring of pages lent to the pipe (NULL: none yet) */
+    size_t pages;  /* its size in pages */
+    uint64_t lent; /* pages lent so far */
+    int unusable;  /* vmsplice refused: write normally */
+} xn_splice_ring;
+
+/* Writes pieces[*pieces_done..count) (the first from *offset_done on) to
+ * the pipe fd through r, advancing both as it goes, and stops early where
+ * the ring cannot be used (the caller writes the rest). No GIL needed;
+ * one writer at a time. Returns 0, or an errno value. */
+int xn_splice_write(xn_splice_ring *r, int fd, const xn_piece *pieces, Py_ssize_t count,
+                    Py_ssize_t *pieces_done, Py_ssize_t *offset_done);
+
+void xn_splice_ring_free(xn_splice_ring *r);
+
 typedef struct {
     PyObject_HEAD
     int rfd, wfd;
+    int wfd_is_pipe;
+    xn_splice_ring ring; /* used by the one writing thread */
     PyObject *dispatch; /* dispatch(code, channelid, payload) */
     /* inline(code, channelid, payload) -> bool: a reading thread other than
      * the IO thread handles a frame needing Python itself, if it says so */

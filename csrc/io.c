@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -29,6 +30,8 @@ enum { END_EOF, END_OS, END_PROTOCOL };
 /* Sends closer together than this are batched, up to BATCH_BYTES. */
 #define STREAM_NS 10000LL
 #define BATCH_BYTES (64 * 1024)
+/* Messages this big go to a pipe through splice.c. */
+#define SPLICE_MIN_BYTES (128 * 1024)
 
 /* ------------------------------------------------------------------ */
 /* the channel table: id -> queue, open addressing                      */
@@ -190,14 +193,25 @@ buffer_free(xn_buffer *buf)
     buf->size = buf->capacity = 0;
 }
 
-/* Write all count pieces to fd (GIL released), with as few calls as the
- * system allows. Returns 0, or an errno value. */
+/* Write all count pieces to c's wfd (GIL released, the writing thread),
+ * with as few calls as the system allows. Returns 0, or an errno value. */
 static int
-write_pieces(int fd, const xn_piece *pieces, Py_ssize_t count)
+write_pieces(xn_connection *c, const xn_piece *pieces, Py_ssize_t count)
 {
     struct iovec iov[64];
+    int fd = c->wfd;
     Py_ssize_t next = 0;   /* the first piece not fully written */
     Py_ssize_t offset = 0; /* bytes of it already written */
+    if (c->wfd_is_pipe) {
+        Py_ssize_t total = 0;
+        for (Py_ssize_t i = 0; i < count; i++)
+            total += pieces[i].size;
+        if (total >= SPLICE_MIN_BYTES) {
+            int err = xn_splice_write(&c->ring, fd, pieces, count, &next, &offset);
+            if (err != 0)
+                return err;
+        }
+    }
     while (next < count) {
         int n = 0;
         for (Py_ssize_t i = next; i < count && n < 64; i++, n++) {
@@ -235,7 +249,7 @@ finish_writing(xn_connection *c, int err)
         c->unwritten = spare;
         pthread_mutex_unlock(&c->write_lock);
         xn_piece piece = {batch.data, batch.size};
-        err = write_pieces(c->wfd, &piece, 1);
+        err = write_pieces(c, &piece, 1);
         batch.size = 0;
         spare = batch;
         pthread_mutex_lock(&c->write_lock);
@@ -352,10 +366,10 @@ write_message(void *ctx, const xn_piece *pieces, Py_ssize_t count)
     Py_BEGIN_ALLOW_THREADS
     if (earlier.size > 0) {
         xn_piece piece = {earlier.data, earlier.size};
-        err = write_pieces(c->wfd, &piece, 1);
+        err = write_pieces(c, &piece, 1);
     }
     if (err == 0)
-        err = write_pieces(c->wfd, pieces, count);
+        err = write_pieces(c, pieces, count);
     err = finish_writing(c, err);
     Py_END_ALLOW_THREADS
     buffer_free(&earlier);
@@ -1432,6 +1446,8 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     c->rfd = rfd;
     c->wfd = wfd;
+    struct stat st;
+    c->wfd_is_pipe = fstat(wfd, &st) == 0 && S_ISFIFO(st.st_mode);
     c->spin_ns = spin_setting_ns();
 #ifdef F_SETPIPE_SZ
     /* Bigger pipes (where they are pipes) mean fewer wakeups for bulk data;
@@ -1486,6 +1502,7 @@ conn_dealloc(xn_connection *c)
     if (c->wfd >= 0)
         close(c->wfd);
     buffer_free(&c->unwritten);
+    xn_splice_ring_free(&c->ring);
     free(c->slots);
     free(c->rbuf);
     free(c->pending);

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 from runtime_util import TIMEOUT
@@ -33,6 +34,22 @@ def test_values_roundtrip(gw):
     for value in values:
         channel.send(value)
     assert [channel.receive(TIMEOUT) for _ in values] == values
+    channel.close()
+    channel.waitclose(TIMEOUT)
+
+
+def test_big_items_arrive_intact_both_ways(gw):
+    # sizes around where big writes take another path (splice.c: 128 KiB
+    # messages, 256 KiB pieces, a 4 MiB ring), mixed with small items
+    channel = gw.remote_exec("for item in channel: channel.send(item)")
+    sizes = [131062, 131063, 262144, 262145, 1 << 20, (4 << 20) + 3, 7 << 20, 5, 300001]
+    items = [os.urandom(n) for n in sizes] * 3
+    for item in items:
+        channel.send(item)
+        channel.send(len(item))
+    for item in items:
+        assert channel.receive(TIMEOUT) == item
+        assert channel.receive(TIMEOUT) == len(item)
     channel.close()
     channel.waitclose(TIMEOUT)
 

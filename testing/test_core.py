@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import random
 import sys
 import threading
 import time
@@ -367,6 +370,45 @@ def test_connection_concurrent_senders_never_interleave(peer):
         t.join(TIMEOUT)
     reader.join(TIMEOUT)
     assert received[0] == frame(4, 1, payload) * (count * nthreads)
+
+
+@pytest.mark.parametrize("first, then", [(4096, 1 << 20), (1 << 20, 4096)])
+def test_connection_big_sends_intact_as_the_reader_resizes_the_pipe(peer, first, then):
+    # big sends lend pages to the pipe (splice.c), which must hold still
+    # until the reader has them, however many the pipe holds (sizes an
+    # unprivileged reader may choose)
+    rng = random.Random(1)
+    payloads = [os.urandom(rng.choice([200_000, 1 << 20, 3 << 20])) for _ in range(12)]
+    expected = b"".join(frame(4, 1, p) for p in payloads)
+    received = bytearray()
+
+    def read():
+        resized = False
+        try:
+            while len(received) < len(expected):
+                if not resized and len(received) > len(expected) // 2:
+                    try:
+                        fcntl.fcntl(peer.from_conn, fcntl.F_SETPIPE_SZ, then)
+                        resized = True
+                    except OSError as e:  # to shrink, the pipe must hold less
+                        if e.errno != errno.EBUSY:
+                            raise
+                chunk = os.read(peer.from_conn, rng.randrange(1, 300_000))
+                if not chunk:
+                    break
+                received.extend(chunk)
+        finally:
+            if len(received) < len(expected):
+                os.close(peer.from_conn)  # the sender fails rather than hangs
+
+    fcntl.fcntl(peer.from_conn, fcntl.F_SETPIPE_SZ, first)
+    reader = threading.Thread(target=read)
+    reader.start()
+    for p in payloads:
+        peer.conn.send_raw(4, 1, p)
+    reader.join(TIMEOUT)
+    assert not reader.is_alive()
+    assert received == expected
 
 
 def test_connection_write_to_closed_peer(peer):
