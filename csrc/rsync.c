@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -586,17 +587,20 @@ error:
     return NULL;
 }
 
-/* Copies from in to out until end of file inside the kernel (no GIL).
- * Returns the count copied; *err is 0, or the errno of the call that failed
- * (EINTR too); *unsupported is set, with nothing copied, where the kernel
- * can't copy between these files (the caller copies through a buffer). */
+/* Copies from in to out until end of file inside the kernel (no GIL):
+ * copy_file_range, or where that can't copy between these two files (on
+ * two file systems, say) sendfile. Returns the count copied; *err is 0, or
+ * the errno of the call that failed (EINTR too); *unsupported is set, with
+ * nothing copied, where neither can (the caller copies through a buffer). */
 static uint64_t
 kernel_copy(int in, int out, int *err, int *unsupported)
 {
     uint64_t done = 0;
+    int use_sendfile = 0;
     *err = 0;
     for (;;) {
-        ssize_t n = copy_file_range(in, NULL, out, NULL, 1 << 30, 0);
+        ssize_t n = use_sendfile ? sendfile(out, in, NULL, 1 << 30)
+                                 : copy_file_range(in, NULL, out, NULL, 1 << 30, 0);
         if (n > 0) {
             done += (uint64_t)n;
             continue;
@@ -606,6 +610,10 @@ kernel_copy(int in, int out, int *err, int *unsupported)
         }
         if (done == 0 && (errno == ENOSYS || errno == EXDEV || errno == EINVAL ||
                           errno == EOPNOTSUPP)) {
+            if (!use_sendfile) {
+                use_sendfile = 1;
+                continue;
+            }
             *unsupported = 1;
             return 0;
         }

@@ -814,8 +814,8 @@ def test_c_write_and_copy_file(core, tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
 def test_c_copy_file_between_filesystems(core, tmp_path):
-    # tmpfs to the test directory's filesystem: the kernel may refuse
-    # (EXDEV), then the copy goes through a buffer
+    # tmpfs to the test directory's filesystem: copy_file_range may refuse
+    # (EXDEV), then sendfile copies (or, refused too, a buffer)
     import tempfile
 
     data = os.urandom(3 * 1024 * 1024 + 11)
