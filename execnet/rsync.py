@@ -69,6 +69,14 @@ def _file_helpers():
     return _read_file_python, _md5_file_python
 
 
+def _inside(components) -> bool:
+    """Whether the path components name an entry inside a directory."""
+    return all(
+        isinstance(name, str) and name not in ("", os.curdir, os.pardir) and os.sep not in name
+        for name in components
+    )
+
+
 def _put(channel, item) -> None:
     """channel.send(item), unless the channel closed: then its end marker,
     on its way to us, tells what happened."""
@@ -326,6 +334,9 @@ class RSync:
         elif command == "xn-acks":
             for relpath in data:
                 self._acked(target, relpath)
+        elif command == "xn-copying" and target.local:
+            for relpath in data:
+                self._copying(target, relpath)
         elif command == "list_done":
             target.listed = True
             if self._callback is not None:
@@ -387,29 +398,28 @@ class RSync:
         if self._verbose:
             print(f"{channel.gateway!r} !! {relpath}: {why}", file=sys.stderr)
 
+    def _copying(self, target, relpath) -> None:
+        """A local receiver copies relpath from our source directory itself
+        (and reports a failure itself): count and announce it."""
+        if not isinstance(relpath, str) or not _inside(relpath.split("/")):
+            self._unexpected(target, ("xn-copying", relpath))
+            return
+        try:
+            size = os.stat(os.path.join(self._sourcedir, *relpath.split("/"))).st_size
+        except OSError:
+            size = 0
+        self._account(target, relpath, size, announce=True)
+
     def _send_file(self, target, components, checksum) -> None:
         """Answer a receiver's request for a file's content: the bytes, the
         bytes in pieces, "copy it yourself", or None (unchanged or unreadable)."""
         channel = target.channel
         relpath = "/".join(map(str, components))
-        if not all(
-            isinstance(name, str) and name not in ("", os.curdir, os.pardir) and os.sep not in name
-            for name in components
-        ):
+        if not _inside(components):
             self._fail(channel, relpath, "refused: the path leaves the source directory")
             _put(channel, None)
             return
         path = os.path.join(self._sourcedir, *components)
-        if target.local and checksum is None:
-            # the receiver copies it from our source directory (it started
-            # already) and reports a failure itself
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                size = 0
-            self._account(target, relpath, size, announce=True)
-            _put(channel, (COPY, None))
-            return
         try:
             size = os.stat(path).st_size
             if checksum is not None and self._md5_file(path) == checksum:

@@ -11,6 +11,7 @@ the "xn-stream" option (ours), it also accepts large files in pieces and
 reports each file it could not write, instead of one error at the end.
 """
 
+import collections
 import os
 import stat
 import sys
@@ -29,6 +30,8 @@ COPY = "copy"
 # acknowledgements go out in batches of this many, or after this long (s)
 ACK_BATCH = 256
 ACK_INTERVAL = 0.05
+# the writer threads get their work in batches of this many files
+JOB_BATCH = 16
 # threads writing files, where the execution model allows threads (the
 # receiving process's EXECNET_RSYNC_THREADS overrides it; 0: none)
 WRITER_THREADS = 2
@@ -196,11 +199,12 @@ class _Pool:
     """A few threads that write files (the helpers release the GIL, so two
     files are written at once while the main thread receives)."""
 
-    def __init__(self, nthreads):
+    def __init__(self, nthreads, done):
         import queue
         import threading
 
         self.jobs = queue.Queue(maxsize=4 * nthreads)
+        self.done = done  # relpaths written (list.append: thread-safe)
         self.failures = []  # (relpath, exception)
         self.threads = [threading.Thread(target=self.work) for _ in range(nthreads)]
         for thread in self.threads:
@@ -209,17 +213,20 @@ class _Pool:
 
     def work(self):
         while True:
-            job = self.jobs.get()
-            if job is None:
+            batch = self.jobs.get()
+            if batch is None:
                 return
-            relpath, function, args = job
-            try:
-                function(*args)
-            except BaseException as exc:
-                self.failures.append((relpath, exc))
+            for relpath, function, args in batch:
+                try:
+                    function(*args)
+                except BaseException as exc:
+                    self.failures.append((relpath, exc))
+                else:
+                    self.done.append(relpath)
 
-    def submit(self, relpath, function, *args):
-        self.jobs.put((relpath, function, args))
+    def submit(self, batch):
+        """Write the files of batch, a list of (relpath, function, args)."""
+        self.jobs.put(batch)
 
     def join(self):
         """Wait for every job; returns the failures."""
@@ -256,6 +263,9 @@ class Receiver:
         self.failures = []
         self.acks = []
         self.acked = 0.0
+        self.copying = []  # files being copied locally, not yet announced
+        self.batch = []  # jobs for the writer threads, not yet handed over
+        self.written = collections.deque()  # files written, not yet acked
         self.pool = None
         self.nthreads = 0
         if _threads_allowed(channel):
@@ -370,14 +380,23 @@ class Receiver:
             except OSError as exc:
                 self.fail(relpath, exc)
                 return
-        self.channel.send(("send", (components, checksum)))
-        early = checksum is None and self.source is not None
-        if early:
-            # our master answers "copy" to this: start at once, while the
-            # tree is still arriving
+        if checksum is None and self.source is not None:
+            # a local copy: start it at once, while the tree is still
+            # arriving, and announce it (our master does not answer)
             source = os.path.join(self.source, *components)
             self.do_file(relpath, self.copy_file, source, path, mode or 0, mtime)
-        self.pending.append((path, relpath, mode, mtime, early))
+            self.copying.append(relpath)
+            if len(self.copying) >= ACK_BATCH:
+                self.announce_copies()
+            return
+        self.channel.send(("send", (components, checksum)))
+        self.pending.append((path, relpath, mode, mtime))
+
+    def announce_copies(self):
+        if self.copying:
+            self.channel.send(("xn-copying", self.copying))
+            self.copying = []
+        self.ack_written()
 
     # -- the content -----------------------------------------------------------
 
@@ -392,6 +411,12 @@ class Receiver:
         if len(self.acks) >= ACK_BATCH or time.monotonic() - self.acked > ACK_INTERVAL:
             self.flush_acks()
 
+    def ack_written(self):
+        """Acknowledge the files written since the last call (each was
+        requested or announced before)."""
+        while self.written:
+            self.ack(self.written.popleft())
+
     def flush_acks(self):
         if self.acks:
             self.channel.send(("xn-acks", self.acks))
@@ -399,19 +424,19 @@ class Receiver:
         self.acked = time.monotonic()
 
     def transfer(self):
-        for path, relpath, mode, mtime, early in self.pending:
+        self.submit_batch()
+        for path, relpath, mode, mtime in self.pending:
             data = self.channel.receive()
-            self.ack(relpath)
-            if early:
-                if data != (COPY, None):
-                    raise ValueError(f"rsync: expected a copy reply for {relpath!r}")
-            elif data is None:
+            self.ack_written()
+            if data is None:
                 _set_metadata(path, mode, mtime)
+                self.written.append(relpath)
             elif self.stream and data == (COPY, None) and self.source is not None:
                 source = os.path.join(self.source, *relpath.split("/"))
                 self.do_file(relpath, self.copy_file, source, path, mode or 0, mtime)
             elif self.stream and data == (CHUNKED, None):
-                self.receive_pieces(path, relpath, mode, mtime)
+                if self.receive_pieces(path, relpath, mode, mtime):
+                    self.written.append(relpath)
             elif isinstance(data, bytes):
                 self.do_file(relpath, self.write_file, path, data, mode or 0, mtime)
             else:
@@ -420,29 +445,42 @@ class Receiver:
         self.flush_acks()
 
     def do_file(self, relpath, function, *args):
-        """function(*args) on the pool of writer threads, or now; an OSError
-        fails relpath."""
-        if self.pool is None and self.nthreads > 0:
-            self.pool = _Pool(self.nthreads)
-        if self.pool is not None:
-            self.pool.submit(relpath, function, *args)
+        """function(*args) on the writer threads, in batches, or now. A
+        file written is acked later; an OSError fails it."""
+        if self.nthreads > 0:
+            self.batch.append((relpath, function, args))
+            if len(self.batch) >= JOB_BATCH:
+                self.submit_batch()
             return
         try:
             function(*args)
         except OSError as exc:
             self.fail(relpath, exc)
+        else:
+            self.written.append(relpath)
+
+    def submit_batch(self):
+        if self.batch:
+            if self.pool is None:
+                self.pool = _Pool(self.nthreads, self.written)
+            self.pool.submit(self.batch)
+            self.batch = []
 
     def finish_files(self):
         """Wait for the writer threads; report what they could not write."""
+        self.submit_batch()
         pool, self.pool, self.nthreads = self.pool, None, 0
-        for relpath, exc in pool.join() if pool is not None else ():
+        failures = pool.join() if pool is not None else ()
+        self.ack_written()
+        for relpath, exc in failures:
             if not isinstance(exc, OSError):
                 raise exc
             self.fail(relpath, exc)
 
     def receive_pieces(self, path, relpath, mode, mtime):
         """Write a file sent as bytes items ended by None (complete) or
-        False (the sender failed) into a temporary name, then rename it."""
+        False (the sender failed) into a temporary name, then rename it.
+        Returns whether it was written."""
         head, tail = os.path.split(path)
         partial = os.path.join(head, f".{tail}.xn-partial")
         fd, error = None, None
@@ -473,7 +511,7 @@ class Receiver:
                 error = exc
             else:
                 _set_metadata(path, mode, mtime)
-                return
+                return True
         if fd is not None:
             try:
                 os.unlink(partial)
@@ -481,6 +519,7 @@ class Receiver:
                 pass
         if error is not None:
             self.fail(relpath, error)
+        return False
 
     # -- the links -------------------------------------------------------------
 
@@ -526,6 +565,7 @@ class Receiver:
     def run(self):
         try:
             self.visit(self.destdir, [])
+            self.announce_copies()
             self.channel.send(("list_done", None))
             self.transfer()
         finally:

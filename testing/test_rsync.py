@@ -575,10 +575,13 @@ def test_write_failures_are_per_file(group, target_kind, dirs, monkeypatch, thre
     write(source / "small", b"s" * 10)
     write(source / "large", b"l" * 5000)
     write(source / "sub" / "small2", b"t" * 20)
+    seen = []
     with pytest.raises(rsync.RSyncError) as info:
-        sync(source, (gw, dest))
+        sync(source, (gw, dest), callback=lambda kind, size, channel: seen.append((kind, size)))
     [(gateway, relpath, why)] = info.value.failures
     assert (gateway, relpath) == (gw, "large")
+    # a file is acknowledged once written: the one that failed is not
+    assert sorted(seen) == [("ack", 10), ("ack", 20), ("list", 5030)]
     assert "large" in str(info.value)
     assert (dest / "small").read_bytes() == b"s" * 10
     assert (dest / "sub" / "small2").read_bytes() == b"t" * 20
@@ -681,6 +684,32 @@ def test_master_drops_a_receiver_sending_a_malformed_failure(gw1, dirs, monkeypa
     with pytest.raises(OSError, match="unexpected message"):
         rs.send()
     assert channel.isclosed()
+
+
+def test_master_drops_a_receiver_announcing_a_copy_outside_the_source(gw1, dirs, monkeypatch):
+    source, dest, _ = dirs
+    write(source / "f", "x")
+    write(source.parent / "secret", "not to be announced")
+    module_path = dest.parent / "copying_receiver.py"
+    module_path.write_text(
+        "if __name__ == '__channelexec__':\n"
+        "    channel.receive()\n"
+        "    channel.send(('xn-stream', {'version': 1, 'local': True, 'helpers': 'c'}))\n"
+        "    channel.send(('xn-copying', ['f']))\n"
+        "    channel.send(('xn-copying', ['../secret']))\n"
+        "    channel.receive()\n"
+    )
+    spec = importlib.util.spec_from_file_location("copying_receiver", module_path)
+    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
+    seen = []
+    rs = execnet.RSync(source, callback=lambda *args: seen.append(args[:2]))
+    rs._report_send_file = lambda gateway, relpath: seen.append(("announced", relpath))
+    rs.add_target(gw1, dest)
+    channel = next(iter(rs._targets))
+    with pytest.raises(OSError, match="unexpected message"):
+        rs.send()
+    assert channel.isclosed()
+    assert seen == [("announced", "f")]
 
 
 # -- a hostile sender ----------------------------------------------------------------
