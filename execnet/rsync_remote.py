@@ -228,12 +228,17 @@ class _Pool:
         """Write the files of batch, a list of (relpath, function, args)."""
         self.jobs.put(batch)
 
-    def join(self):
-        """Wait for every job; returns the failures."""
+    def join(self, tick=None):
+        """Wait for every job, calling tick() every ACK_INTERVAL meanwhile;
+        returns the failures."""
         for _ in self.threads:
             self.jobs.put(None)
         for thread in self.threads:
-            thread.join()
+            thread.join(ACK_INTERVAL)
+            while thread.is_alive():
+                if tick is not None:
+                    tick()
+                thread.join(ACK_INTERVAL)
         return self.failures
 
 
@@ -470,7 +475,8 @@ class Receiver:
         """Wait for the writer threads; report what they could not write."""
         self.submit_batch()
         pool, self.pool, self.nthreads = self.pool, None, 0
-        failures = pool.join() if pool is not None else ()
+        # acknowledging as they finish keeps a progress display moving
+        failures = pool.join(self.ack_written) if pool is not None else ()
         self.ack_written()
         for relpath, exc in failures:
             if not isinstance(exc, OSError):

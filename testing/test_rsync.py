@@ -686,6 +686,54 @@ def test_master_drops_a_receiver_sending_a_malformed_failure(gw1, dirs, monkeypa
     assert channel.isclosed()
 
 
+def test_local_copies_are_acknowledged_while_others_still_copy(group, dirs, monkeypatch):
+    # the worker's second copy waits until the master has seen the first
+    # one's acknowledgement (through a FIFO): acks must not wait for the end
+    monkeypatch.setenv("EXECNET_RSYNC_THREADS", "1")
+    gw = group.makegateway("popen")
+    source, dest, _ = dirs
+    write(source / "a", "a")
+    write(source / "b", "bb")
+    fifo = dest.parent / "first-acked"
+    os.mkfifo(fifo)
+    gw.remote_exec(
+        textwrap.dedent(
+            f"""
+            import os, select, shutil
+            from execnet import gateway_base
+            calls = []
+            def second_waits():
+                calls.append(1)
+                if len(calls) == 2:
+                    fd = os.open({str(fifo)!r}, os.O_RDONLY | os.O_NONBLOCK)
+                    if not select.select([fd], [], [], {TIMEOUT})[0]:
+                        raise OSError("no acknowledgement of the first file arrived")
+            def waiting(copy):
+                def copy_after(*args):
+                    second_waits()
+                    return copy(*args)
+                return copy_after
+            core = gateway_base._core  # the receiver copies with the C core's helper
+            if core is not None:
+                core.rsync_copy_file = waiting(core.rsync_copy_file)
+            else:  # or with its own, which uses shutil's
+                shutil.copyfileobj = waiting(shutil.copyfileobj)
+            """
+        )
+    ).waitclose(TIMEOUT)
+
+    def callback(kind, size, channel):
+        if kind == "ack" and "ack" not in acks:
+            with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb") as f:
+                f.write(b"x")
+        acks.append(kind)
+
+    acks: list = []
+    sync(source, (gw, dest), callback=callback)
+    assert tree(dest) == tree(source)
+    assert acks.count("ack") == 2
+
+
 def test_master_drops_a_receiver_announcing_a_copy_outside_the_source(gw1, dirs, monkeypatch):
     source, dest, _ = dirs
     write(source / "f", "x")
