@@ -295,8 +295,9 @@ class Receiver:
 
     # -- the tree --------------------------------------------------------------
 
-    def visit(self, path, components):
-        st = _lstat(path)
+    def visit(self, path, components, new_parent=False):
+        # in a directory this sync made, nothing exists yet
+        st = None if new_parent else _lstat(path)
         item = self.channel.receive()
         if isinstance(item, list):
             self.directory(path, components, st, item)
@@ -313,7 +314,8 @@ class Receiver:
             if st is not None and not stat.S_ISDIR(st.st_mode):
                 _remove(path, st)
                 st = None
-            if st is None:
+            made = st is None
+            if made:
                 os.makedirs(path)
             if mode:
                 os.chmod(path, mode | 0o700)  # keep it writable for us
@@ -322,7 +324,7 @@ class Receiver:
             self.skip_entries(components, names, exc)
             return
         for name in names:
-            self.visit(os.path.join(path, name), [*components, name])
+            self.visit(os.path.join(path, name), [*components, name], made)
         if self.delete:
             self.delete_others(path, components, set(names))
 
