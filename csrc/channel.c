@@ -30,6 +30,17 @@ xn_item_new(Py_ssize_t size)
     return item;
 }
 
+/* Returns item (moved, perhaps) with room for capacity bytes, its size,
+ * keeping its contents up to there, or NULL (item untouched). No GIL needed. */
+xn_item *
+xn_item_grow(xn_item *item, Py_ssize_t capacity)
+{
+    xn_item *bigger = realloc(item, sizeof(xn_item) + (size_t)capacity);
+    if (bigger != NULL)
+        bigger->size = bigger->capacity = capacity;
+    return bigger;
+}
+
 xn_item *
 xn_item_of_value(PyObject *value)
 {

@@ -232,6 +232,9 @@ char *xn_item_data(xn_item *item);
  * enough, not twice too much), else NULL. No GIL needed. */
 xn_item *xn_item_reuse(xn_item *item, Py_ssize_t size);
 Py_ssize_t xn_item_capacity(xn_item *item);
+/* Returns item (moved, perhaps) with room for capacity bytes, its size,
+ * keeping its contents up to there, or NULL (item untouched). No GIL needed. */
+xn_item *xn_item_grow(xn_item *item, Py_ssize_t capacity);
 /* Returns a new item holding value, a bytes object decoded already (the
  * item owns the reference), or NULL. No GIL needed; freeing it needs it. */
 xn_item *xn_item_of_value(PyObject *value);

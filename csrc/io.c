@@ -32,6 +32,9 @@ enum { END_EOF, END_OS, END_PROTOCOL };
 #define BATCH_BYTES (64 * 1024)
 /* Messages this big go to a pipe through splice.c. */
 #define SPLICE_MIN_BYTES (128 * 1024)
+/* A big frame's item has room for this much of its payload at first and
+ * grows as the rest arrives: a bogus length allocates no more. */
+#define BIG_FIRST_BYTES (16 * 1024 * 1024)
 
 /* ------------------------------------------------------------------ */
 /* the channel table: id -> queue, open addressing                      */
@@ -679,17 +682,53 @@ dispatch_inline(xn_connection *c, int code, int32_t channelid, const char *data,
     return handled;
 }
 
-/* Returns an item for a big payload of size bytes: the spare one if it
- * suits, else a new one; NULL if out of memory. */
+/* Returns an item for a big payload of size bytes, have of which are
+ * there: the spare one if it suits, else a new one with room for the first
+ * BIG_FIRST_BYTES (or the have) of them, which read_big_payload() grows as
+ * more come; NULL if out of memory. */
 static xn_item *
-big_item(xn_connection *c, Py_ssize_t size)
+big_item(xn_connection *c, Py_ssize_t size, Py_ssize_t have)
 {
     pthread_mutex_lock(&c->state_lock);
     xn_item *item = xn_item_reuse(c->spare, size);
     if (item != NULL)
         c->spare = NULL;
     pthread_mutex_unlock(&c->state_lock);
-    return item != NULL ? item : xn_item_new(size);
+    if (item != NULL)
+        return item;
+    Py_ssize_t first = size < BIG_FIRST_BYTES ? size : BIG_FIRST_BYTES;
+    return xn_item_new(first > have ? first : have);
+}
+
+/* Reads the rest of a big payload of size bytes, the first have of which
+ * are in *item, growing the item (it may move) as the bytes come (no GIL).
+ * Returns the count read: less than size - have at end of file; -1 with
+ * *err set on error (ENOMEM: the item could not grow). */
+static Py_ssize_t
+read_big_payload(int fd, xn_item **item, Py_ssize_t have, Py_ssize_t size, int *err)
+{
+    Py_ssize_t done = have;
+    while (done < size) {
+        Py_ssize_t room = xn_item_capacity(*item);
+        if (room > size)
+            room = size; /* the spare item, bigger */
+        if (room == done) {
+            room = room < size / 2 ? room * 2 : size;
+            xn_item *bigger = xn_item_grow(*item, room);
+            if (bigger == NULL) {
+                *err = ENOMEM;
+                return -1;
+            }
+            *item = bigger;
+        }
+        Py_ssize_t got = read_fully(fd, xn_item_data(*item) + done, room - done, err);
+        if (got < 0)
+            return -1;
+        done += got;
+        if (done < room)
+            break; /* end of file */
+    }
+    return done - have;
 }
 
 void
@@ -926,7 +965,7 @@ parse_frames(xn_connection *c, gil_hold *g)
                 return PARSE_END;
         }
         else {
-            item = big_item(c, size);
+            item = big_item(c, size, have);
             if (item == NULL) {
                 set_end(c, END_OS, ENOMEM, "");
                 return PARSE_END;
@@ -936,7 +975,7 @@ parse_frames(xn_connection *c, gil_hold *g)
             if (g != NULL)
                 drop_gil(g);
             int err = 0;
-            Py_ssize_t got = read_fully(c->rfd, xn_item_data(item) + have, size - have, &err);
+            Py_ssize_t got = read_big_payload(c->rfd, &item, have, size, &err);
             if (got < size - have) {
                 free(item);
                 char text[160];

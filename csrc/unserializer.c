@@ -17,7 +17,8 @@ typedef struct {
 
 typedef struct {
     xn_state *st;
-    const unsigned char *p, *end; /* the bytes not read yet */
+    const unsigned char *start, *p, *end; /* the data; the bytes not read yet */
+    Py_ssize_t listed; /* the sizes of all lists so far, added up */
     entry *stack;
     Py_ssize_t height, cap;
     PyObject *owner; /* channel_or_gateway (borrowed), or NULL */
@@ -30,8 +31,9 @@ static void
 decoder_init(decoder *d, xn_state *st, const void *data, Py_ssize_t n)
 {
     d->st = st;
-    d->p = (const unsigned char *)data;
+    d->start = d->p = (const unsigned char *)data;
     d->end = d->p + n;
+    d->listed = 0;
     d->stack = d->stack_inline;
     d->height = 0;
     d->cap = STACK_INLINE;
@@ -397,14 +399,23 @@ op_string(decoder *d, unsigned char op)
 }
 
 /* Returns 0, having pushed a list of n Nones (K), or -1 with an exception
- * set.  n bytes of setitems must follow: checked before allocating. */
+ * set.  n bytes of setitems must follow, and the data must be as long as
+ * all lists so far together: checked before allocating.  (The lists nested
+ * in a list lie in the bytes that follow it: with the first check alone, a
+ * run of K opcodes would claim those bytes again and again, and n bytes of
+ * data would allocate lists of n * n / 10 items.) */
 static int
 op_newlist(decoder *d)
 {
-    Py_ssize_t n;
+    Py_ssize_t n, claim;
     PyObject *list;
 
-    if (read_length(d, &n) < 0 || need(d, n) < 0) {
+    if (read_length(d, &n) < 0) {
+        return -1;
+    }
+    d->listed += n;
+    claim = d->listed - (d->p - d->start);
+    if (need(d, claim > n ? claim : n) < 0) {
         return -1;
     }
     list = PyList_New(n);

@@ -196,6 +196,10 @@ class _BufferReader(io.BytesIO):
         super().__init__(data)  # shares data until written to
         self.size = len(data)
 
+    def consumed(self) -> int:
+        """How many bytes were read."""
+        return self.tell()
+
     def require(self, n: int) -> None:
         have = self.size - self.tell()
         if have < n:
@@ -209,6 +213,7 @@ class _StreamReader:
     def __init__(self, stream) -> None:
         self.stream = stream
         self.ahead = b""  # bytes read by require() and not yet consumed
+        self.taken = 0  # bytes consumed
 
     def read(self, n: int) -> bytes:
         try:
@@ -216,7 +221,12 @@ class _StreamReader:
         except EOFError:
             pass  # the caller sees the short read
         data, self.ahead = self.ahead[:n], self.ahead[n:]
+        self.taken += len(data)
         return data
+
+    def consumed(self) -> int:
+        """How many bytes were read."""
+        return self.taken
 
     def require(self, n: int) -> None:
         parts = [self.ahead]
@@ -253,6 +263,7 @@ class Unserializer:
         self.py2str_as_py3str, self.py3str_as_py2str = strconfig
         self.stack: list[object] = []
         self.depths: list[int] = []  # nesting depth of each stack entry
+        self.listed = 0  # the sizes of all lists so far, added up
         # leaves (depth 0) are pushed by appending to both lists
         self._push_value = self.stack.append
         self._push_depth = self.depths.append
@@ -372,9 +383,12 @@ class Unserializer:
 
     def _newlist(self) -> None:
         n = self._length()
-        # A list of n items is followed by at least n bytes of setitems:
-        # check they are there before allocating.
-        self.reader.require(n)
+        # A list of n items is followed by at least n bytes of setitems, and
+        # the data is as long as all lists so far together (lists nested in
+        # a list lie in the bytes after it: else a run of K opcodes would
+        # claim them again and again): check before allocating.
+        self.listed += n
+        self.reader.require(max(n, self.listed - self.reader.consumed()))
         self._push([None] * n, 1)
 
     def _newdict(self) -> None:

@@ -189,6 +189,20 @@ def test_huge_claimed_list_fails_before_allocating():
         tracemalloc.stop()
 
 
+def test_lists_claiming_the_same_bytes_fail_before_allocating():
+    # each K claims the bytes after it, which hold the next K and so on: the
+    # lists together may not claim more than the data holds, else 20 kB of
+    # data would take 300 MB of lists
+    data = b"".join(b"K" + (20_000 - 5 * i).to_bytes(4, "big") for i in range(1, 4001))
+    tracemalloc.start()
+    try:
+        with pytest.raises(EOFError, match="expected 39975 bytes, got 19990"):
+            _execnet.loads_internal(data)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
 def test_nesting_limits_exactly():
     limit = _execnet.MAX_NESTING
     value: object = None

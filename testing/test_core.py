@@ -258,6 +258,56 @@ def test_connection_big_payloads_of_changing_sizes(peer):
             assert q.get(TIMEOUT, None) == chunk
 
 
+def test_connection_frames_past_the_first_allocation(peer):
+    # a big frame's memory grows as its bytes come (16 MiB at first): whole
+    # payloads arrive, for Python (first) and for a queue
+    q = peer.conn.queue(1, ENDMARKER)
+    peer.conn.start()
+    big = os.urandom((40 << 20) + 17)
+    payload = gateway_base.PURE_PYTHON_SERIALIZER["dumps_internal"](big)
+    with peer.sending(frame(4, 7, payload) + frame(4, 1, payload)):
+        assert q.get(TIMEOUT, None) == big
+    assert peer.frames == [(4, 7, payload)]
+
+
+BOGUS_LENGTH = """
+import os, resource, threading
+from execnet import gateway_base, _execnet
+_execnet._install(gateway_base.__dict__)
+with open("/proc/self/status") as f:
+    size = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, ((size << 10) + (1 << 30), resource.RLIM_INFINITY))
+ended, end = threading.Event(), []
+def dispatch(code, channelid, data):
+    if code < 0:
+        end.append(data)
+        ended.set()
+r, w = os.pipe()
+r2, w2 = os.pipe()
+conn = _execnet.Connection(r, w2, dispatch)
+conn.start()
+os.write(w, bytes([4]) + (1).to_bytes(4, "big") + (2**31 - 1).to_bytes(4, "big") + b"L" * 100)
+os.close(w)
+assert ended.wait(30)
+print(repr(end[0]))
+"""
+
+
+@pytest.mark.skipif(
+    "asan" in os.environ.get("LD_PRELOAD", ""), reason="ASan reserves all address space"
+)
+def test_connection_bogus_frame_length_allocates_little():
+    # 9 bytes claiming 2 GiB: the reader waits for them without taking the
+    # memory first (here it could not have it), and ends at end of file
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", BOGUS_LENGTH], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "EOFError('expected 2147483647 bytes, got 100')"
+
+
 def lone_bytes_frame(channelid: int, data: bytes, stop: bytes = b"Q") -> bytes:
     payload = b"A" + len(data).to_bytes(4, "big") + data + stop
     return frame(4, channelid, payload)

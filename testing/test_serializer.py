@@ -326,6 +326,20 @@ def test_oversized_length_allocates_nothing(serializer):
         serializer.loads(b"\x02K\x7f\xff\xff\xff" + b"L" * 10)
 
 
+def test_lists_together_fit_in_the_data(serializer):
+    # a list of 12 items in one of n: the bytes after the inner K are the
+    # outer list's too, and both lists must fit in the 28 bytes of data
+    def data(n):
+        return b"\x02K" + n.to_bytes(4, "big") + b"F\x00\x00\x00\x00K\x00\x00\x00\x0cPQ" + b"x" * 10
+
+    assert serializer.loads(data(12)) == [[None] * 12] + [None] * 11
+    assert serializer.loads(data(16)) == [[None] * 12] + [None] * 15
+    with pytest.raises(EOFError, match="expected 13 bytes, got 12"):
+        serializer.loads(data(17))
+    with pytest.raises(EOFError, match="expected 18 bytes, got 12"):
+        serializer.loads(data(22))
+
+
 def test_python2_strings(serializer):
     assert serializer.loads(b"\x02M\x00\x00\x00\x01aQ") == b"a"
     assert serializer.loads(b"\x02M\x00\x00\x00\x01\xe9Q", py2str_as_py3str=True) == "é"
