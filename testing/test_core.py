@@ -296,13 +296,17 @@ print(repr(end[0]))
 @pytest.mark.skipif(
     "asan" in os.environ.get("LD_PRELOAD", ""), reason="ASan reserves all address space"
 )
-def test_connection_bogus_frame_length_allocates_little():
+def test_connection_bogus_frame_length_allocates_little(tmp_path):
     # 9 bytes claiming 2 GiB: the reader waits for them without taking the
     # memory first (here it could not have it), and ends at end of file
     import subprocess
 
     result = subprocess.run(
-        [sys.executable, "-c", BOGUS_LENGTH], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", BOGUS_LENGTH],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,  # not our checkout, whose sources would shadow the installed package
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "EOFError('expected 2147483647 bytes, got 100')"
