@@ -118,6 +118,15 @@ def sync(source, *targets, raises=True, **kwargs):
     return rs.send(raises=raises)
 
 
+def use_receiver(monkeypatch, directory, name: str, source: str) -> None:
+    """Make RSync ship source (a module's text, saved as name.py in
+    directory) as its receiver from now on."""
+    path = directory / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
+
+
 # -- the sender's API and the reference behaviours (CONFORMANCE.md §20) ----------
 
 
@@ -602,12 +611,10 @@ def test_write_failures_are_per_file(group, target_kind, dirs, monkeypatch, thre
 def test_receiver_ending_early_raises(gw1, gw2, dirs, monkeypatch, body, error):
     source, dest1, dest2 = dirs
     write(source / "f", "x")
-    broken = dest1.parent / "broken_receiver.py"
-    broken.write_text(f"if __name__ == '__channelexec__':\n    {body}\n")
-    spec = importlib.util.spec_from_file_location("broken_receiver", broken)
     rs = execnet.RSync(source, verbose=False)
     rs.add_target(gw2, dest2)  # a healthy target first
-    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
+    broken = f"if __name__ == '__channelexec__':\n    {body}\n"
+    use_receiver(monkeypatch, dest1.parent, "broken_receiver", broken)
     rs.add_target(gw1, dest1)
     with pytest.raises((OSError, RemoteError), match=error):
         rs.send()
@@ -618,10 +625,8 @@ def test_receiver_failing_before_add_target_sends(gw1, dirs, monkeypatch):
     # its channel is closed, with the error, before add_target() sends to it
     source, dest1, _ = dirs
     write(source / "f", "x")
-    failing = dest1.parent / "failing_receiver.py"
-    failing.write_text("if __name__ == '__channelexec__':\n    raise ValueError('failed at once')\n")
-    spec = importlib.util.spec_from_file_location("failing_receiver", failing)
-    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
+    failing = "if __name__ == '__channelexec__':\n    raise ValueError('failed at once')\n"
+    use_receiver(monkeypatch, dest1.parent, "failing_receiver", failing)
     remote_exec = gw1.remote_exec
 
     def remote_exec_until_closed(source):
@@ -655,10 +660,7 @@ def test_master_refuses_requests_outside_its_source(gw1, dirs, monkeypatch):
     source, dest, _ = dirs
     write(source / "f", "x")
     write(source.parent / "secret", "do not send")
-    module_path = dest.parent / "hostile_receiver.py"
-    module_path.write_text(HOSTILE_RECEIVER)
-    spec = importlib.util.spec_from_file_location("hostile_receiver", module_path)
-    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
+    use_receiver(monkeypatch, dest.parent, "hostile_receiver", HOSTILE_RECEIVER)
     with pytest.raises(rsync.RSyncError) as info:
         sync(source, (gw1, dest))
     [(_, relpath, why)] = info.value.failures
@@ -668,16 +670,16 @@ def test_master_refuses_requests_outside_its_source(gw1, dirs, monkeypatch):
 def test_master_drops_a_receiver_sending_a_malformed_failure(gw1, dirs, monkeypatch):
     source, dest, _ = dirs
     write(source / "f", "x")
-    module_path = dest.parent / "malformed_receiver.py"
-    module_path.write_text(
+    use_receiver(
+        monkeypatch,
+        dest.parent,
+        "malformed_receiver",
         "if __name__ == '__channelexec__':\n"
         "    for _ in range(3):\n"
         "        channel.receive()\n"
         "    channel.send(('xn-failed', 5))\n"
-        "    channel.receive()\n"
+        "    channel.receive()\n",
     )
-    spec = importlib.util.spec_from_file_location("malformed_receiver", module_path)
-    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
     rs = execnet.RSync(source, verbose=False)
     rs.add_target(gw1, dest)
     channel = next(iter(rs._targets))
@@ -738,17 +740,17 @@ def test_master_drops_a_receiver_announcing_a_copy_outside_the_source(gw1, dirs,
     source, dest, _ = dirs
     write(source / "f", "x")
     write(source.parent / "secret", "not to be announced")
-    module_path = dest.parent / "copying_receiver.py"
-    module_path.write_text(
+    use_receiver(
+        monkeypatch,
+        dest.parent,
+        "copying_receiver",
         "if __name__ == '__channelexec__':\n"
         "    channel.receive()\n"
         "    channel.send(('xn-stream', {'version': 1, 'local': True, 'helpers': 'c'}))\n"
         "    channel.send(('xn-copying', ['f']))\n"
         "    channel.send(('xn-copying', ['../secret']))\n"
-        "    channel.receive()\n"
+        "    channel.receive()\n",
     )
-    spec = importlib.util.spec_from_file_location("copying_receiver", module_path)
-    monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
     seen = []
     rs = execnet.RSync(source, callback=lambda *args: seen.append(args[:2]))
     rs._report_send_file = lambda gateway, relpath: seen.append(("announced", relpath))
