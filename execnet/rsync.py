@@ -335,8 +335,8 @@ class RSync:
             for relpath in data:
                 self._acked(target, relpath)
         elif command == "xn-copying" and target.local:
-            for relpath in data:
-                self._copying(target, relpath)
+            for entry in data:
+                self._copying(target, entry)
         elif command == "list_done":
             target.listed = True
             if self._callback is not None:
@@ -398,16 +398,18 @@ class RSync:
         if self._verbose:
             print(f"{channel.gateway!r} !! {relpath}: {why}", file=sys.stderr)
 
-    def _copying(self, target, relpath) -> None:
-        """A local receiver copies relpath from our source directory itself
-        (and reports a failure itself): count and announce it."""
-        if not isinstance(relpath, str) or not _inside(relpath.split("/")):
-            self._unexpected(target, ("xn-copying", relpath))
-            return
+    def _copying(self, target, entry) -> None:
+        """A local receiver copies a file from our source directory itself
+        (and reports a failure itself): count and announce it. entry is
+        (relpath, size), the size our walk sent."""
         try:
-            size = os.stat(os.path.join(self._sourcedir, *relpath.split("/"))).st_size
-        except OSError:
-            size = 0
+            relpath, size = entry
+        except (TypeError, ValueError):
+            relpath = size = None
+        if not (isinstance(relpath, str) and _inside(relpath.split("/"))
+                and isinstance(size, int) and size >= 0):
+            self._unexpected(target, ("xn-copying", entry))
+            return
         self._account(target, relpath, size, announce=True)
 
     def _send_file(self, target, components, checksum) -> None:

@@ -392,7 +392,7 @@ class Receiver:
             # arriving, and announce it (our master does not answer)
             source = os.path.join(self.source, *components)
             self.do_file(relpath, self.copy_file, source, path, mode or 0, mtime)
-            self.copying.append(relpath)
+            self.copying.append((relpath, size))
             if len(self.copying) >= ACK_BATCH:
                 self.announce_copies()
             return

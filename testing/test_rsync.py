@@ -747,8 +747,8 @@ def test_master_drops_a_receiver_announcing_a_copy_outside_the_source(gw1, dirs,
         "if __name__ == '__channelexec__':\n"
         "    channel.receive()\n"
         "    channel.send(('xn-stream', {'version': 1, 'local': True, 'helpers': 'c'}))\n"
-        "    channel.send(('xn-copying', ['f']))\n"
-        "    channel.send(('xn-copying', ['../secret']))\n"
+        "    channel.send(('xn-copying', [('f', 1)]))\n"
+        "    channel.send(('xn-copying', [('../secret', 19)]))\n"
         "    channel.receive()\n",
     )
     seen = []
