@@ -4,6 +4,7 @@
 #include "execnet.h"
 
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 #include <time.h>
 
@@ -112,6 +113,28 @@ xn_monotonic_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int
+xn_deadline(PyObject *timeout, int64_t *deadline)
+{
+    *deadline = -1;
+    if (timeout == NULL || timeout == Py_None)
+        return 0;
+    double seconds = PyFloat_AsDouble(timeout);
+    if (seconds == -1.0 && PyErr_Occurred())
+        return -1;
+    if (isnan(seconds)) {
+        PyErr_SetString(PyExc_ValueError, "Invalid value NaN (not a number)");
+        return -1;
+    }
+    if (seconds > 9223372036.0) { /* threading.TIMEOUT_MAX */
+        PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
+        return -1;
+    }
+    if (seconds <= 1e9) /* else: decades, as good as no end (and no overflow) */
+        *deadline = xn_monotonic_ns() + (seconds > 0 ? (int64_t)(seconds * 1e9) : 0);
+    return 0;
 }
 
 /* Initialise the queue's own lock and condition (monotonic clock).
@@ -294,15 +317,9 @@ wait_slice(xn_queue *q, int64_t slice_end, xn_item **out)
 static int
 queue_take(xn_queue *q, PyObject *timeout, xn_item **out)
 {
-    int64_t deadline = -1;
-    if (timeout != Py_None) {
-        double seconds = PyFloat_AsDouble(timeout);
-        if (seconds == -1.0 && PyErr_Occurred())
-            return -1;
-        if (seconds < 0)
-            seconds = 0;
-        deadline = xn_monotonic_ns() + (int64_t)(seconds * 1e9);
-    }
+    int64_t deadline;
+    if (xn_deadline(timeout, &deadline) < 0)
+        return -1;
     if (q->connection != NULL)
         __atomic_store_n(&((xn_connection *)q->connection)->last_get_ns, xn_monotonic_ns(),
                          __ATOMIC_RELAXED);

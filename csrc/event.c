@@ -119,13 +119,9 @@ event_wait(xn_event *e, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
     PyObject *timeout = NULL;
     if (xn_parse_args("wait", args, nargs, kwnames, names, 1, 0, &timeout) < 0)
         return NULL;
-    int64_t deadline = -1;
-    if (timeout != NULL && timeout != Py_None) {
-        double seconds = PyFloat_AsDouble(timeout);
-        if (seconds == -1.0 && PyErr_Occurred())
-            return NULL;
-        deadline = xn_monotonic_ns() + (seconds > 0 ? (int64_t)(seconds * 1e9) : 0);
-    }
+    int64_t deadline;
+    if (xn_deadline(timeout, &deadline) < 0)
+        return NULL;
     pthread_mutex_lock(&e->lock);
     int flag = e->flag;
     pthread_mutex_unlock(&e->lock);

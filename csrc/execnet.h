@@ -377,6 +377,12 @@ void xn_connection_flush(xn_connection *c);
 /* Returns CLOCK_MONOTONIC in nanoseconds. */
 int64_t xn_monotonic_ns(void);
 
+/* Sets *deadline to when a wait of timeout seconds ends, in monotonic ns
+ * (None or NULL: -1, no end; negative: now; beyond 1e9 s: no end either).
+ * Returns 0, or -1 with an exception set: not a number, NaN, or more than
+ * threading.TIMEOUT_MAX (the errors threading's waits raise). */
+int xn_deadline(PyObject *timeout, int64_t *deadline);
+
 extern PyType_Spec xn_connection_spec;
 
 /* ---- ssh.c: native SSH sessions (libssh2) ------------------------------ */

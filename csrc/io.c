@@ -1393,13 +1393,9 @@ conn_pump(xn_connection *c, PyObject *const *args, Py_ssize_t nargs, PyObject *k
     unsigned long long mark = PyLong_AsUnsignedLongLong(params[0]);
     if (mark == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    int64_t deadline = -1;
-    if (params[1] != NULL && params[1] != Py_None) {
-        double seconds = PyFloat_AsDouble(params[1]);
-        if (seconds == -1.0 && PyErr_Occurred())
-            return NULL;
-        deadline = xn_monotonic_ns() + (seconds > 0 ? (int64_t)(seconds * 1e9) : 0);
-    }
+    int64_t deadline;
+    if (xn_deadline(params[1], &deadline) < 0)
+        return NULL;
     for (;;) {
         int64_t slice_end = xn_monotonic_ns() + PUMP_SLICE_NS;
         if (deadline >= 0 && deadline < slice_end)

@@ -1221,18 +1221,8 @@ wait_until(xn_ssh_core *core, int64_t deadline_ns)
 static int64_t
 deadline_of(PyObject *timeout)
 {
-    double t;
-    if (timeout == NULL || timeout == Py_None) {
-        return -1;
-    }
-    t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred()) {
-        return -2;
-    }
-    if (t < 0) {
-        t = 0;
-    }
-    return xn_monotonic_ns() + (int64_t)(t * 1e9);
+    int64_t deadline;
+    return xn_deadline(timeout, &deadline) < 0 ? -2 : deadline;
 }
 
 /* open_channel(command, timeout=None): runs command on a new channel.

@@ -76,6 +76,20 @@ def test_receive_timeout(gw):
     assert channel.receive(TIMEOUT) == 5
 
 
+def test_receive_refuses_timeouts_a_wait_cannot_have(gw):
+    # as threading's waits do (the C core's conversion of 1e20 s to
+    # nanoseconds overflowed: it waited forever)
+    channel = gw.remote_exec("channel.receive()")
+    with pytest.raises(OverflowError):
+        channel.receive(1e20)
+    with pytest.raises(ValueError):
+        channel.receive(float("nan"))
+    with pytest.raises(channel.TimeoutError):
+        channel.receive(1e-3)
+    channel.send(None)
+    channel.waitclose(TIMEOUT)
+
+
 def test_waitclose_timeout(gw):
     channel = gw.remote_exec("channel.receive()")
     with pytest.raises(execnet.TimeoutError, match="Timeout after 0.02 seconds"):

@@ -616,6 +616,17 @@ def test_event_set_clear_wait():
     assert event.is_set() is False
 
 
+def test_event_refuses_timeouts_a_wait_cannot_have():
+    # as threading.Event does
+    event = _execnet.Event()
+    with pytest.raises(OverflowError):
+        event.wait(1e20)
+    with pytest.raises(ValueError):
+        event.wait(float("nan"))
+    event.set()
+    assert event.wait(2e9) is True  # decades: a wait without end, here ended
+
+
 def test_event_wakes_every_waiter():
     event = _execnet.Event()
     results = []
