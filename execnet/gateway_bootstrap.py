@@ -43,18 +43,22 @@ def _discard(io) -> None:
             pass
 
 
+# The first thing a child does with the line: acknowledge it.  The master
+# may write once the line is read (WIRE.md §2), and the child's imports then
+# overlap with what the master does next (the next gateway, remote_exec).
+_ACK = ("import sys", "sys.stdout.write('1')", "sys.stdout.flush()")
+
+
 def bootstrap_import(io, spec) -> None:
     """The child is our own interpreter: let it import the package."""
     sendexec(
         io,
-        "import sys",
+        *_ACK,
         # first, so that an execnet directory in the worker's current
         # directory (sys.path[0] under -c) does not shadow ours
         f"if sys.path[:1] != [{importdir!r}]:",
         f"    sys.path.insert(0, {importdir!r})",
         "from execnet.gateway_base import serve, init_popen_io, get_execmodel",
-        "sys.stdout.write('1')",
-        "sys.stdout.flush()",
         f"execmodel = get_execmodel({spec.execmodel!r})",
         f"serve(init_popen_io(execmodel), id={spec.id + '-worker'!r})",
     )
@@ -101,11 +105,10 @@ def bootstrap_exec(io, spec) -> None:
     try:
         sendexec(
             io,
+            *_ACK,
             packed_source("core", portable_core_source),
             f"execmodel = get_execmodel({spec.execmodel!r})",
-            "io = init_popen_io(execmodel)",
-            "io.write(b'1')",
-            f"serve(io, id={spec.id + '-worker'!r})",
+            f"serve(init_popen_io(execmodel), id={spec.id + '-worker'!r})",
         )
         _check_ack(io)
     except (EOFError, BrokenPipeError):

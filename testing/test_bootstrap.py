@@ -64,7 +64,15 @@ def test_exec_line_is_small_ascii_one_line():
     # far smaller than the core itself
     assert len(line) < len(core) / 2
     assert "zlib" in source and "def serve" not in source
-    assert "serve(io, id='gwX-worker')" in source
+    assert "id='gwX-worker')" in source
+
+
+@pytest.mark.parametrize("variant", ["bootstrap_import", "bootstrap_exec"])
+def test_child_acknowledges_before_anything_else(variant):
+    # the master waits only for the line to be read, not for the imports
+    source = check_line(bootstrap_line(getattr(gateway_bootstrap, variant), "popen//id=gwX"))
+    assert source.startswith("import sys\nsys.stdout.write('1')\nsys.stdout.flush()\n")
+    assert source.count("'1'") == 1
 
 
 def test_socket_line_is_small_ascii_one_line():
@@ -95,7 +103,7 @@ def test_loader_needs_no_base64_or_re():
     # the remote pays for every module the loader imports
     line = bootstrap_line(gateway_bootstrap.bootstrap_exec, "popen//python=x//id=gw0")
     source = ast.literal_eval(line.decode("ascii"))
-    core_part = source.split("\n")[0]
+    core_part = next(line for line in source.split("\n") if "zlib" in line)
     code = (
         "import sys\n"
         f"exec({core_part!r}, {{'__name__': 'notmain'}})\n"

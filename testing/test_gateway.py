@@ -20,6 +20,7 @@ from runtime_util import wait_for
 import execnet
 from execnet import gateway
 from execnet import gateway_base
+from execnet import gateway_bootstrap
 from execnet import gateway_io
 
 pytest_plugins = ["conftest_runtime"]
@@ -158,6 +159,21 @@ def test_bad_bootstrap_ack(group, monkeypatch):
     with pytest.raises(AssertionError, match="acknowledgement"):
         group.makegateway("popen")
     assert not group
+
+
+def test_worker_that_cannot_import_us_ends_its_gateway(group, monkeypatch, tmp_path, capfd):
+    # the child acknowledges the line before it imports execnet: a failing
+    # import ends the gateway, with the child's traceback on stderr
+    package = tmp_path / "execnet"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "gateway_base.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.setattr(gateway_bootstrap, "importdir", str(tmp_path))
+    gw = group.makegateway("popen")
+    with pytest.raises((OSError, EOFError)):
+        gw.remote_exec("channel.send(1)").receive(TIMEOUT)
+    gw._io.wait()
+    assert "broken on purpose" in capfd.readouterr().err
 
 
 def test_duplicate_id_spawns_nothing(group, monkeypatch):
