@@ -1,8 +1,9 @@
 """Declares the C extension; everything else is in pyproject.toml.
 
-libssh2 (for native ssh= gateways) is found with pkg-config.  Without it
-the extension is built all the same, with the native SSH transport off;
-EXECNET_REQUIRE_LIBSSH2=1 makes its absence an error instead.
+Two extensions: execnet._execnet (the core) and execnet._ssh (native ssh=
+gateways, linked with libssh2, which is found with pkg-config).  Without
+libssh2 the core is built all the same and _ssh is not: ssh= gateways then
+run the ssh program; EXECNET_REQUIRE_LIBSSH2=1 makes its absence an error.
 """
 
 import glob
@@ -29,11 +30,29 @@ def pkg_config(package):
 
 
 compile_args = ["-std=c11", "-Wall", "-Wextra"]
-link_args = []
+core_sources = sorted(set(glob.glob("csrc/*.c")) - {"csrc/ssh.c"})
+headers = sorted(glob.glob("csrc/*.h"))
+extensions = [
+    Extension(
+        "execnet._execnet",
+        sources=core_sources,
+        depends=headers,
+        extra_compile_args=compile_args,
+    )
+]
+# the ssh transport is a module of its own, so that only processes opening
+# ssh= gateways load libssh2 (and its libcrypto)
 found = pkg_config("libssh2")
 if found:
-    compile_args += ["-DXN_HAVE_LIBSSH2", *found[0]]
-    link_args += found[1]
+    extensions.append(
+        Extension(
+            "execnet._ssh",
+            sources=["csrc/ssh.c", "csrc/clock.c"],
+            depends=headers,
+            extra_compile_args=compile_args + found[0],
+            extra_link_args=found[1],
+        )
+    )
 elif os.environ.get("EXECNET_REQUIRE_LIBSSH2"):
     sys.exit("execnet: libssh2 not found by pkg-config (EXECNET_REQUIRE_LIBSSH2 is set)")
 else:
@@ -43,14 +62,4 @@ else:
         file=sys.stderr,
     )
 
-setup(
-    ext_modules=[
-        Extension(
-            "execnet._execnet",
-            sources=sorted(glob.glob("csrc/*.c")),
-            depends=sorted(glob.glob("csrc/*.h")),
-            extra_compile_args=compile_args,
-            extra_link_args=link_args,
-        )
-    ]
-)
+setup(ext_modules=extensions)

@@ -129,9 +129,6 @@ typedef struct {
     PyTypeObject *ConnectionType;
     PyTypeObject *ItemQueueType;
     PyTypeObject *EventType;
-    /* ssh.c: NULL when built without libssh2 */
-    PyTypeObject *SshSessionType;
-    PyObject *SshError;
 #define XN_STRING_FIELD(name, text) PyObject *s_##name;
     XN_STRINGS(XN_STRING_FIELD)
 #undef XN_STRING_FIELD
@@ -374,6 +371,8 @@ void xn_connection_read_for_getter(xn_connection *c, int64_t deadline_ns);
  * writing (no GIL needed). */
 void xn_connection_flush(xn_connection *c);
 
+/* ---- clock.c: time and deadlines (also in the ssh extension) ---------- */
+
 /* Returns CLOCK_MONOTONIC in nanoseconds. */
 int64_t xn_monotonic_ns(void);
 
@@ -384,12 +383,6 @@ int64_t xn_monotonic_ns(void);
 int xn_deadline(PyObject *timeout, int64_t *deadline);
 
 extern PyType_Spec xn_connection_spec;
-
-/* ---- ssh.c: native SSH sessions (libssh2) ------------------------------ */
-
-/* Adds HAVE_LIBSSH2 and LIBSSH2_VERSION to the module, and with libssh2
- * SshError and SshSession.  Returns 0, or -1 with an exception set. */
-int xn_ssh_add(PyObject *module);
 
 #endif /* XN_WIRE_ONLY */
 

@@ -336,9 +336,6 @@ module_exec(PyObject *module)
     if (PyModule_AddType(module, st->EventType) < 0) {
         return -1;
     }
-    if (xn_ssh_add(module) < 0) {
-        return -1;
-    }
     return 0;
 }
 
@@ -354,8 +351,6 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->ItemQueueType);
     Py_VISIT(st->EventType);
-    Py_VISIT(st->SshSessionType);
-    Py_VISIT(st->SshError);
 #define XN_STRING_VISIT(name, text) Py_VISIT(st->s_##name);
     XN_STRINGS(XN_STRING_VISIT)
 #undef XN_STRING_VISIT
@@ -374,8 +369,6 @@ module_clear(PyObject *module)
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->ItemQueueType);
     Py_CLEAR(st->EventType);
-    Py_CLEAR(st->SshSessionType);
-    Py_CLEAR(st->SshError);
 #define XN_STRING_CLEAR(name, text) Py_CLEAR(st->s_##name);
     XN_STRINGS(XN_STRING_CLEAR)
 #undef XN_STRING_CLEAR

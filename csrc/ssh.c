@@ -1,10 +1,10 @@
 /* ssh.c: native SSH sessions over libssh2 for ssh= gateways.
+ * The module execnet._ssh, an extension of its own so that only processes
+ * that open ssh= gateways load libssh2 and libcrypto (about 1.4 ms).
  * Owns the SshSession type: one TCP connection, its libssh2 session and
  * the pump thread that moves bytes between exec channels and local pipes. */
 
 #include "execnet.h"
-
-#ifdef XN_HAVE_LIBSSH2
 
 #include <errno.h>
 #include <fcntl.h>
@@ -686,13 +686,24 @@ core_free(xn_ssh_core *core, int disconnect)
 
 /* ---- the Python type ---------------------------------------------------- */
 
+/* the module's state */
+typedef struct {
+    PyTypeObject *SshSessionType;
+    PyObject *SshError;
+} ssh_state;
+
+static struct PyModuleDef ssh_module_def;
+
 /* Returns the module's SshError class (borrowed), or NULL with an
  * exception set. */
 static PyObject *
 ssh_error_class(PyObject *self)
 {
-    xn_state *st = xn_state_of_type(Py_TYPE(self));
-    return st == NULL ? NULL : st->SshError;
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &ssh_module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    return ((ssh_state *)PyModule_GetState(module))->SshError;
 }
 
 /* Raises SshError(fmt % ...) (PyUnicode_FromFormat's formats).  Returns
@@ -1571,7 +1582,7 @@ static PyType_Slot session_slots[] = {
 };
 
 static PyType_Spec session_spec = {
-    .name = "execnet._execnet.SshSession",
+    .name = "execnet._ssh.SshSession",
     .basicsize = sizeof(xn_ssh_session),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = session_slots,
@@ -1625,13 +1636,13 @@ static PyMethodDef ssh_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Returns 0 having added HAVE_LIBSSH2, LIBSSH2_VERSION, SshError and
- * SshSession to module, or -1 with an exception set. */
-int
-xn_ssh_add(PyObject *module)
+/* Sets up the module: libssh2, LIBSSH2_VERSION, SshError and SshSession.
+ * Returns 0, or -1 with an exception set. */
+static int
+ssh_module_exec(PyObject *module)
 {
     static int initialized = 0;
-    xn_state *st = xn_get_state(module);
+    ssh_state *st = PyModule_GetState(module);
 
     if (!initialized) {
         if (libssh2_init(0) != 0) {
@@ -1640,22 +1651,12 @@ xn_ssh_add(PyObject *module)
         }
         initialized = 1;
     }
-    if (PyModule_AddIntConstant(module, "HAVE_LIBSSH2", 1) < 0 ||
-        PyModule_AddStringConstant(module, "LIBSSH2_VERSION",
-                                   libssh2_version(0)) < 0) {
+    if (PyModule_AddStringConstant(module, "LIBSSH2_VERSION", libssh2_version(0)) < 0) {
         return -1;
     }
-    st->SshError = PyErr_NewExceptionWithDoc(
-        "execnet._execnet.SshError", "An SSH session failed.", NULL, NULL);
-    if (st->SshError == NULL) {
-        return -1;
-    }
-    Py_INCREF(st->SshError);
-    if (PyModule_AddObject(module, "SshError", st->SshError) < 0) {
-        Py_DECREF(st->SshError);
-        return -1;
-    }
-    if (PyModule_AddFunctions(module, ssh_functions) < 0) {
+    st->SshError = PyErr_NewExceptionWithDoc("execnet._ssh.SshError",
+                                             "An SSH session failed.", NULL, NULL);
+    if (st->SshError == NULL || PyModule_AddObjectRef(module, "SshError", st->SshError) < 0) {
         return -1;
     }
     st->SshSessionType =
@@ -1666,21 +1667,56 @@ xn_ssh_add(PyObject *module)
     return PyModule_AddType(module, st->SshSessionType);
 }
 
-#else /* !XN_HAVE_LIBSSH2 */
-
-/* Returns 0 having recorded that the native transport is off, or -1. */
-int
-xn_ssh_add(PyObject *module)
+/* Returns 0 or the first nonzero result of visit. */
+static int
+ssh_module_traverse(PyObject *module, visitproc visit, void *arg)
 {
-    if (PyModule_AddIntConstant(module, "HAVE_LIBSSH2", 0) < 0) {
-        return -1;
-    }
-    Py_INCREF(Py_None);
-    if (PyModule_AddObject(module, "LIBSSH2_VERSION", Py_None) < 0) {
-        Py_DECREF(Py_None);
-        return -1;
-    }
+    ssh_state *st = PyModule_GetState(module);
+    Py_VISIT(st->SshSessionType);
+    Py_VISIT(st->SshError);
     return 0;
 }
 
-#endif /* XN_HAVE_LIBSSH2 */
+/* Returns 0, having dropped the state's references. */
+static int
+ssh_module_clear(PyObject *module)
+{
+    ssh_state *st = PyModule_GetState(module);
+    Py_CLEAR(st->SshSessionType);
+    Py_CLEAR(st->SshError);
+    return 0;
+}
+
+/* Frees the module state's references (returns nothing). */
+static void
+ssh_module_free(void *module)
+{
+    (void)ssh_module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot ssh_module_slots[] = {
+    {Py_mod_exec, (void *)ssh_module_exec},
+    {0, NULL},
+};
+
+/* clang-format off */
+static struct PyModuleDef ssh_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "execnet._ssh",
+    .m_doc = "execnet's native SSH transport: libssh2 sessions (SshSession).\n\n"
+             "Used by execnet.gateway_ssh.",
+    .m_size = sizeof(ssh_state),
+    .m_methods = ssh_functions,
+    .m_slots = ssh_module_slots,
+    .m_traverse = ssh_module_traverse,
+    .m_clear = ssh_module_clear,
+    .m_free = ssh_module_free,
+};
+/* clang-format on */
+
+/* Returns the module definition (PEP 489), never NULL. */
+PyMODINIT_FUNC
+PyInit__ssh(void)
+{
+    return PyModuleDef_Init(&ssh_module_def);
+}

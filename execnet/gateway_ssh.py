@@ -1,7 +1,7 @@
 """ssh= gateways without the ssh program: libssh2 sessions from the C core.
 
 The ``ssh=`` value and the user's ssh config are read here; what the
-native transport can do is done by ``execnet._execnet.SshSession``, the
+native transport can do is done by ``execnet._ssh.SshSession``, the
 rest falls back to the ``ssh`` program (``gateway_io.ssh_args``).  Several
 gateways to the same user, host and port share one connection, one
 channel each.  See doc/ssh.md.
@@ -24,13 +24,13 @@ from .gateway_base import Popen2IO
 from .gateway_bootstrap import HostNotFound
 
 try:
-    from . import _execnet  # type: ignore[attr-defined]
-except ImportError:  # the package without its extension
-    _execnet = None
+    from . import _ssh  # type: ignore[attr-defined]
+except ImportError:  # built without libssh2
+    _ssh = None
 
-# True when the extension was built with libssh2
-HAVE_NATIVE = bool(_execnet is not None and getattr(_execnet, "HAVE_LIBSSH2", False))
-LIBSSH2_VERSION = getattr(_execnet, "LIBSSH2_VERSION", None)
+# True when the native transport was built
+HAVE_NATIVE = _ssh is not None
+LIBSSH2_VERSION = getattr(_ssh, "LIBSSH2_VERSION", None)
 
 TRANSPORTS = ("auto", "native", "program")
 
@@ -495,7 +495,7 @@ def supported_hostkey_algorithms() -> list:
     global _supported_hostkey_algorithms
     if _supported_hostkey_algorithms is None:
         _supported_hostkey_algorithms = (
-            _execnet.ssh_hostkey_algorithms() if HAVE_NATIVE else []
+            _ssh.ssh_hostkey_algorithms() if HAVE_NATIVE else []
         )
     return _supported_hostkey_algorithms
 
@@ -590,12 +590,12 @@ def connect(spec, target: SshTarget):
         sock.setblocking(True)
     except OSError:
         pass
-    session = _execnet.SshSession(sock.detach(), TIMEOUT)
+    session = _ssh.SshSession(sock.detach(), TIMEOUT)
     try:
         session.set_hostkey_methods(hostkey_preference(target))
         try:
             session.handshake()
-        except _execnet.SshError as exc:
+        except _ssh.SshError as exc:
             raise HostNotFound(address) from exc
         _check_host_key(session, spec, target)
         _authenticate(session, target)
@@ -664,7 +664,7 @@ def open_channel(spec, target: SshTarget, command: str):
             try:
                 chan_id, rfd, wfd = shared.session.open_channel(command, TIMEOUT)
                 error = None
-            except _execnet.SshError as exc:
+            except _ssh.SshError as exc:
                 error = exc
             with _registry_lock:
                 shared.opening -= 1
@@ -755,7 +755,7 @@ class SshNativeIO(Popen2IO):
         if not self._released:
             try:
                 status = self._shared.session.wait_channel(self._chan)
-            except _execnet.SshError:
+            except _ssh.SshError:
                 status = None  # the session was closed meanwhile
             self._release(status)
         return self._status
@@ -766,7 +766,7 @@ class SshNativeIO(Popen2IO):
             return
         try:
             self._shared.session.close_channel(self._chan)
-        except _execnet.SshError:
+        except _ssh.SshError:
             pass  # the session is already gone
         self._release(None)
 

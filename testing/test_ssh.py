@@ -15,6 +15,7 @@ import time
 import pytest
 import sshd
 from runtime_util import TIMEOUT
+from runtime_util import run_python
 from runtime_util import wait_for
 
 import execnet
@@ -72,6 +73,32 @@ def test_native_transport_is_built():
     assert gateway_ssh.HAVE_NATIVE, "the extension was built without libssh2"
     assert gateway_ssh.LIBSSH2_VERSION
 
+
+
+LOADED_LIBSSH2 = """
+import sys
+def loaded():
+    with open("/proc/self/maps") as f:
+        return "libssh2" in f.read() or "execnet._ssh" in sys.modules
+"""
+
+
+def test_popen_gateways_do_not_load_libssh2(tmp_path):
+    # the ssh transport is an extension of its own: loading libssh2 and
+    # libcrypto would cost every master and worker start
+    source = LOADED_LIBSSH2 + """
+import execnet
+gw = execnet.makegateway("popen")
+worker = gw.remote_exec(%r + "channel.send(loaded())").receive(30)
+print(worker, loaded())
+gw.exit()
+""" % LOADED_LIBSSH2
+    out = run_python(source, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [b"False", b"False"]
+    # and the check sees it where it is loaded
+    out = run_python(LOADED_LIBSSH2 + "import execnet._ssh; print(loaded())", cwd=tmp_path)
+    assert out.stdout.split() == [b"True"], out.stderr
 
 # --- the core conformance subset over ssh --------------------------------------
 
@@ -561,7 +588,7 @@ def test_session_closed_while_its_arguments_convert(server):
         lambda: session.open_channel("true", Closing()),
     ):
         session = gateway_ssh.connect(spec, gateway_ssh.resolve_target(spec))
-        with pytest.raises(gateway_ssh._execnet.SshError, match="not running"):
+        with pytest.raises(gateway_ssh._ssh.SshError, match="not running"):
             call()
         assert not session.alive
 
