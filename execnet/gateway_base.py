@@ -1140,10 +1140,12 @@ Message._types = {
 
 def _new_item_queue(execmodel):
     """The queue holding a channel's received items."""
-    queue = execmodel.queue
     if execmodel.backend in _THREAD_BACKENDS:
-        return queue.SimpleQueue()
-    return queue.Queue()
+        # queue.SimpleQueue itself, without importing queue (worker start)
+        from _queue import SimpleQueue
+
+        return SimpleQueue()
+    return execmodel.queue.Queue()
 
 
 class Channel:

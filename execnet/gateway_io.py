@@ -10,7 +10,6 @@ gateways), so it may only import from the standard library.
 # objects (anything with the XSpec attributes).
 # ---------------------------------------------------------------------------
 
-import shlex
 import sys
 
 # Run by the fresh interpreter: read one line from stdin, evaluate it to a
@@ -27,6 +26,8 @@ def shell_split_path(path):
     """
     if sys.platform.startswith("win"):
         path = path.replace("\\", "/")
+    import shlex  # here, not at import: every worker imports this module
+
     return shlex.split(path)
 
 

@@ -8,7 +8,6 @@ then answers the targets' requests for file content.  The receiving end is
 from __future__ import annotations
 
 import os
-import queue
 import stat
 import sys
 import time
@@ -28,6 +27,7 @@ from .rsync_remote import host_identity
 
 TYPE_CHECKING = False  # (typing is not imported at run time)
 if TYPE_CHECKING:
+    import queue
     from typing import Any
     from typing import Callable
 
@@ -159,6 +159,8 @@ class RSync:
             progress = os.environ.get(PROGRESS_ENV, "") not in ("", "0")
         self._progress_wanted = bool(progress)
         self._targets: dict = {}  # channel -> _Target
+        import queue  # here: importing execnet (every worker does) stays cheaper
+
         self._receivequeue: queue.Queue = queue.Queue()
         self._links: list = []
         self._failures: list = []

@@ -115,6 +115,22 @@ def test_loader_needs_no_base64_or_re():
     assert out.stdout.split() == ["False", "False"]
 
 
+
+HEAVY = {"re", "textwrap", "queue", "shlex", "typing", "inspect", "enum"}
+
+
+def test_worker_start_imports_little(makegateway, tmp_path):
+    # what a popen worker imports before it runs code is what every gateway
+    # start pays: none of these, beyond what the interpreter itself loads
+    probe = f"import sys; print(sorted(set(sys.modules) & {HEAVY!r}))"
+    bare = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    gw = makegateway("popen")
+    remote = f"import sys; channel.send(sorted(set(sys.modules) & {HEAVY!r}))"
+    loaded = gw.remote_exec(remote).receive(TIMEOUT)
+    assert set(loaded) <= set(ast.literal_eval(bare.stdout))
+
 REMOTE_FACTS = """
 import sys
 import __main__
