@@ -344,6 +344,7 @@ typedef struct {
     int writing, write_failed, write_closed;
     xn_buffer unwritten;
     int64_t last_send_ns;
+    int close_sends; /* data sends in a row, each soon after the one before */
     int64_t last_get_ns; /* when a receiver last asked (atomic) */
     pthread_t flusher;
     pthread_cond_t flush_cond;

@@ -27,8 +27,11 @@
 #define PUMP_SLICE_NS 50000000LL
 enum { END_EOF, END_OS, END_PROTOCOL };
 #define PIPE_SIZE (1024 * 1024)
-/* Sends closer together than this are batched, up to BATCH_BYTES. */
+/* Sends closer together than this are batched, up to BATCH_BYTES, from the
+ * STREAM_AFTER-th such send on: a pair or two of sends (a result and a
+ * status, say) goes out at once, without waking the flusher thread. */
 #define STREAM_NS 10000LL
+#define STREAM_AFTER 3
 #define BATCH_BYTES (64 * 1024)
 /* Messages this big go to a pipe through splice.c. */
 #define SPLICE_MIN_BYTES (128 * 1024)
@@ -342,8 +345,10 @@ write_message(void *ctx, const xn_piece *pieces, Py_ssize_t count)
      * task's output, say) go out at once, with what was batched before. */
     int64_t now = xn_monotonic_ns();
     int is_data = count > 0 && pieces[0].size > 0 && pieces[0].data[0] == MSG_DATA;
-    int streaming = is_data && now - c->last_send_ns < STREAM_NS &&
-                    __atomic_load_n(&c->last_get_ns, __ATOMIC_RELAXED) < c->last_send_ns;
+    int close = is_data && now - c->last_send_ns < STREAM_NS &&
+                __atomic_load_n(&c->last_get_ns, __ATOMIC_RELAXED) < c->last_send_ns;
+    c->close_sends = close ? c->close_sends + 1 : 0;
+    int streaming = c->close_sends >= STREAM_AFTER;
     c->last_send_ns = now;
     if (c->writing || (streaming && c->unwritten.size < BATCH_BYTES && have_flusher(c))) {
         Py_ssize_t before = c->unwritten.size;

@@ -791,6 +791,27 @@ def test_streamed_sends_arrive_without_a_receive(gw):
     channel.waitclose(TIMEOUT)
 
 
+def test_a_pair_of_sends_wakes_no_flusher_thread(gw):
+    # a result and a status sent back to back, then a pause (a pytest-xdist
+    # worker's pattern): both go out at once, no batching thread is started
+    channel = gw.remote_exec(
+        """
+        import os
+        tasks = len(os.listdir("/proc/self/task"))
+        for i in range(200):
+            channel.send(i)
+            channel.send(-i)
+            channel.receive()
+        channel.send(len(os.listdir("/proc/self/task")) - tasks)
+        """
+    )
+    for i in range(200):
+        assert (channel.receive(TIMEOUT), channel.receive(TIMEOUT)) == (i, -i)
+        channel.send(None)
+    assert channel.receive(TIMEOUT) == 0
+    channel.waitclose(TIMEOUT)
+
+
 def test_batched_sends_keep_their_order_with_closes(gw):
     channel = gw.remote_exec(
         """
