@@ -538,9 +538,6 @@ count_chans(xn_ssh_core *core)
     return n;
 }
 
-/* The pump thread: drives the non-blocking session until stop.  Waits in
- * poll() on the socket, the wake pipe and the channels' pipes whenever no
- * byte can move.  Returns NULL. */
 /* Writes the remotes' stderr gathered in core->errbuf to ours, without
  * core->lock meanwhile (held on entry and on return). Returns nothing. */
 static void
@@ -568,6 +565,9 @@ flush_stderr(xn_ssh_core *core)
     pthread_mutex_lock(&core->lock);
 }
 
+/* The pump thread: drives the non-blocking session until stop.  Waits in
+ * poll() on the socket, the wake pipe and the channels' pipes whenever no
+ * byte can move.  Returns NULL. */
 static void *
 pump_main(void *arg)
 {
@@ -1479,13 +1479,11 @@ session_get_alive(xn_ssh_session *self, void *Py_UNUSED(closure))
     int alive = 0;
     xn_ssh_core *core = self->core;
     if (core != NULL) {
-        enter_core(core);
-        Py_BEGIN_ALLOW_THREADS
+        /* with the GIL, which close() holds to take the core away; the
+         * pump holds the lock only briefly (as for enter_core) */
         pthread_mutex_lock(&core->lock);
         alive = !core->dead;
-        leave_core(core);
         pthread_mutex_unlock(&core->lock);
-        Py_END_ALLOW_THREADS
     }
     return PyBool_FromLong(alive);
 }
@@ -1497,15 +1495,11 @@ session_get_open_channels(xn_ssh_session *self, void *Py_UNUSED(closure))
     long n = 0;
     xn_ssh_core *core = self->core;
     if (core != NULL) {
-        enter_core(core);
-        Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&core->lock);
+        pthread_mutex_lock(&core->lock); /* GIL held: as in alive */
         for (xn_sshchan *c = core->chans; c != NULL; c = c->next) {
             n += c->state != CH_DONE && c->state != CH_FAILED;
         }
-        leave_core(core);
         pthread_mutex_unlock(&core->lock);
-        Py_END_ALLOW_THREADS
     }
     return PyLong_FromLong(n);
 }
