@@ -204,7 +204,7 @@ class _Pool:
         import threading
 
         self.jobs = queue.Queue(maxsize=4 * nthreads)
-        self.done = done  # relpaths written (list.append: thread-safe)
+        self.done = done  # relpaths written (a deque: append is thread-safe)
         self.failures = []  # (relpath, exception)
         self.threads = [threading.Thread(target=self.work) for _ in range(nthreads)]
         for thread in self.threads:

@@ -115,7 +115,6 @@ def test_loader_needs_no_base64_or_re():
     assert out.stdout.split() == ["False", "False"]
 
 
-
 HEAVY = {"re", "textwrap", "queue", "shlex", "typing", "inspect", "enum"}
 
 
@@ -130,6 +129,7 @@ def test_worker_start_imports_little(makegateway, tmp_path):
     remote = f"import sys; channel.send(sorted(set(sys.modules) & {HEAVY!r}))"
     loaded = gw.remote_exec(remote).receive(TIMEOUT)
     assert set(loaded) <= set(ast.literal_eval(bare.stdout))
+
 
 REMOTE_FACTS = """
 import sys

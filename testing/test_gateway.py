@@ -172,7 +172,7 @@ def test_worker_that_cannot_import_us_ends_its_gateway(group, monkeypatch, tmp_p
     gw = group.makegateway("popen")
     with pytest.raises((OSError, EOFError)):
         gw.remote_exec("channel.send(1)").receive(TIMEOUT)
-    gw._io.wait()
+    gw._io.popen.wait(TIMEOUT)  # its traceback is written by then
     assert "broken on purpose" in capfd.readouterr().err
 
 

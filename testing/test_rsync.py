@@ -118,6 +118,16 @@ def sync(source, *targets, raises=True, **kwargs):
     return rs.send(raises=raises)
 
 
+def send_fails_closing_the_target(rs, gateway, dest, exc, match: str) -> None:
+    """Add the target (gateway, dest) to rs: send() must raise exc (its text
+    matching match) and close the target's channel."""
+    rs.add_target(gateway, dest)
+    channel = next(iter(rs._targets))
+    with pytest.raises(exc, match=match):
+        rs.send()
+    assert channel.isclosed()
+
+
 def use_receiver(monkeypatch, directory, name: str, source: str) -> None:
     """Make RSync ship source (a module's text, saved as name.py in
     directory) as its receiver from now on."""
@@ -544,11 +554,7 @@ def test_special_file_raises_and_ends_the_receivers(gw1, dirs):
     source, dest, _ = dirs
     os.mkfifo(source / "fifo")
     rs = execnet.RSync(source, verbose=False)
-    rs.add_target(gw1, dest)
-    channel = next(iter(rs._targets))
-    with pytest.raises(ValueError, match="cannot sync"):
-        rs.send()
-    assert channel.isclosed()
+    send_fails_closing_the_target(rs, gw1, dest, ValueError, "cannot sync")
     # the receiver, waiting for the rest of the tree, ends
     wait_for(lambda: gw1.remote_status().numexecuting == 0)
 
@@ -681,11 +687,7 @@ def test_master_drops_a_receiver_sending_a_malformed_failure(gw1, dirs, monkeypa
         "    channel.receive()\n",
     )
     rs = execnet.RSync(source, verbose=False)
-    rs.add_target(gw1, dest)
-    channel = next(iter(rs._targets))
-    with pytest.raises(OSError, match="unexpected message"):
-        rs.send()
-    assert channel.isclosed()
+    send_fails_closing_the_target(rs, gw1, dest, OSError, "unexpected message")
 
 
 def test_local_copies_are_acknowledged_while_others_still_copy(group, dirs, monkeypatch):
@@ -754,11 +756,7 @@ def test_master_drops_a_receiver_announcing_a_copy_outside_the_source(gw1, dirs,
     seen = []
     rs = execnet.RSync(source, callback=lambda *args: seen.append(args[:2]))
     rs._report_send_file = lambda gateway, relpath: seen.append(("announced", relpath))
-    rs.add_target(gw1, dest)
-    channel = next(iter(rs._targets))
-    with pytest.raises(OSError, match="unexpected message"):
-        rs.send()
-    assert channel.isclosed()
+    send_fails_closing_the_target(rs, gw1, dest, OSError, "unexpected message")
     assert seen == [("announced", "f")]
 
 
