@@ -275,7 +275,7 @@ wait_slice(xn_queue *q, int64_t slice_end, xn_item **out)
     }
     q->waiters--;
     if (c != NULL)
-        c->getters--;
+        xn_connection_leave_getters(c);
     pthread_mutex_unlock(q->lock);
     return result;
 }

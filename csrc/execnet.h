@@ -332,6 +332,7 @@ typedef struct {
     int spin_failures;       /* polls in a row that found nothing (read_lock) */
     int spin_skips;          /* waits left that sleep without polling */
     int handoff;             /* the IO thread's turn: frames need Python */
+    int64_t io_park_ns;      /* the IO thread's sleep while parked (0: not parked) */
     int read_ended;          /* reading is over (end_* say why) */
     int end_kind, end_err;
     char end_text[160];
@@ -367,6 +368,10 @@ void xn_connection_forget_queue(xn_connection *c, xn_queue *q);
 /* A getter's turn at reading c (read_lock held, no GIL): parse what is
  * buffered, else wait until deadline_ns for more and parse it. */
 void xn_connection_read_for_getter(xn_connection *c, int64_t deadline_ns);
+
+/* One getter of c fewer (state_lock held): the last one wakes the IO
+ * thread if it is parked for long. */
+void xn_connection_leave_getters(xn_connection *c);
 
 /* Writes what was batched for sending now, unless another thread is
  * writing (no GIL needed). */

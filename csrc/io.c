@@ -1142,6 +1142,19 @@ xn_connection_read_for_getter(xn_connection *c, int64_t deadline_ns)
     }
 }
 
+/* A getter stops waiting (state_lock held). Getters that come and go
+ * (a loop of receive() calls) leave the IO thread parked: it looks again
+ * within 1 ms, and the next getter reads what came meanwhile. After a long
+ * wait the IO thread sleeps up to 50 ms at a time: then the last getter to
+ * leave wakes it, so that frames nobody waits for (a callback's, a task's
+ * while the worker's primary thread runs it) are read at once. */
+void
+xn_connection_leave_getters(xn_connection *c)
+{
+    if (--c->getters == 0 && c->io_park_ns > PARK_NS)
+        pthread_cond_signal(&c->io_cond);
+}
+
 /* Build the exception that ended reading (GIL held). New reference or NULL. */
 static PyObject *
 make_end_error(xn_connection *c)
@@ -1172,18 +1185,21 @@ reader_main(void *arg)
     for (;;) {
         /* Step aside while getters read for themselves, looking again after
          * 1 ms, 2 ms, ... 50 ms: soon after they stop, rarely while they
-         * wait long (a worker waiting for its next command). */
-        int64_t park_ns = PARK_NS;
+         * wait long (a worker waiting for its next command). The last
+         * getter to leave wakes this thread once it sleeps longer than the
+         * first 1 ms (xn_connection_leave_getters). */
         pthread_mutex_lock(&c->state_lock);
+        c->io_park_ns = PARK_NS;
         while (c->getters > 0 && !c->handoff && !c->read_ended) {
             struct timespec ts;
-            int64_t until = xn_monotonic_ns() + park_ns;
+            int64_t until = xn_monotonic_ns() + c->io_park_ns;
             ts.tv_sec = until / 1000000000LL;
             ts.tv_nsec = until % 1000000000LL;
             pthread_cond_timedwait(&c->io_cond, &c->state_lock, &ts);
-            if (park_ns < PARK_MAX_NS)
-                park_ns *= 2;
+            if (c->io_park_ns < PARK_MAX_NS)
+                c->io_park_ns *= 2;
         }
+        c->io_park_ns = 0;
         c->handoff = 0;
         pthread_mutex_unlock(&c->state_lock);
 
@@ -1375,8 +1391,8 @@ pump_slice(xn_connection *c, uint64_t mark, int64_t slice_end)
                               .tv_nsec = slice_end % 1000000000LL};
         pthread_cond_timedwait(&c->get_cond, &c->state_lock, &ts);
     }
-    c->getters--;
     c->pumpers--;
+    xn_connection_leave_getters(c);
     pthread_mutex_unlock(&c->state_lock);
     return result;
 }

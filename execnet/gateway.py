@@ -108,8 +108,7 @@ class Gateway(gateway_base.BaseGateway):
             source = inspect.getsource(source)
         elif isinstance(source, types.FunctionType):
             call_name = source.__name__
-            filename = inspect.getsourcefile(source)
-            source = _source_of_function(source)
+            source, filename = _function_source_and_file(source)
         else:
             source = _dedent(str(source))
         if call_name is None and kwargs:
@@ -189,23 +188,38 @@ def _find_non_builtin_globals(source: str, codeobj) -> list[str]:
 
 def _source_of_function(function) -> str:
     """The source of a pure function, padded to keep its line numbers."""
-    import inspect
+    return _function_source_and_file(function)[0]
 
+
+def _function_source_and_file(function) -> tuple[str, str | None]:
+    """(source, file name) of a pure function, the source padded to keep its
+    line numbers."""
     if function.__name__ == "<lambda>":
         raise ValueError("can't evaluate lambda functions'")
-    positional = inspect.getfullargspec(function).args
-    if not positional or positional[0] != "channel":
-        raise ValueError("expected first function argument to be `channel`")
     if function.__closure__:
         raise ValueError("functions with closures can't be passed")
     try:
-        source = inspect.getsource(function)
+        return _source_of_code(function.__code__)
     except OSError:
         raise ValueError(f"can't find source file for {function}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _source_of_code(code: types.CodeType) -> tuple[str, str | None]:
+    # A function's code is fixed, and so is its source: loops of
+    # remote_exec(function) look it up once (reading and parsing its file
+    # took most of each call's time).
+    import inspect
+
+    positional = code.co_varnames[: code.co_argcount]
+    if not positional or positional[0] != "channel":
+        raise ValueError("expected first function argument to be `channel`")
+    filename = inspect.getsourcefile(code)
+    source = inspect.getsource(code)  # OSError: not found
     import textwrap
 
     source = textwrap.dedent(source)
-    used_globals = _find_non_builtin_globals(source, function.__code__)
+    used_globals = _find_non_builtin_globals(source, code)
     if used_globals:
         raise ValueError("the use of non-builtin globals isn't supported", used_globals)
-    return "\n" * (function.__code__.co_firstlineno - 1) + source
+    return "\n" * (code.co_firstlineno - 1) + source, filename

@@ -1276,11 +1276,35 @@ class Channel:
 
     def waitclose(self, timeout: float | None = None) -> None:
         """Wait until the peer closed; raise its error if there is one."""
-        if not self._receiveclosed.wait(timeout=timeout):
+        if not self._wait_closed(timeout):
             raise self.TimeoutError(f"Timeout after {timeout!r} seconds")
         error = self._getremoteerror()
         if error:
             raise error
+
+    def _wait_closed(self, timeout: float | None) -> bool:
+        """True once the peer closed, False after timeout seconds. On the C
+        core the waiting thread reads the connection itself meanwhile (as
+        receive() does), so that the close is handled as it arrives, with no
+        other thread to wake; not in the thread that dispatches frames."""
+        closed = self._receiveclosed
+        conn = self.gateway._conn if self._native else None
+        if conn is None or self.gateway._receiver_ident == self.gateway.execmodel.get_ident():
+            return closed.wait(timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not closed.is_set():
+            mark = conn.dispatched  # before looking: nothing is missed
+            if closed.is_set():
+                break
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            try:
+                if not conn.pump(mark, left):  # reading ended
+                    return closed.wait(timeout=left)
+            except TimeoutError:
+                return closed.is_set()
+        return True
 
     def send(self, item: object) -> None:
         if self._closed:

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import queue
 import random
 import sys
 import threading
@@ -828,3 +829,97 @@ def test_batched_sends_keep_their_order_with_closes(gw):
     for sub in subs:
         assert list(sub) == list(range(300))
     channel.waitclose(TIMEOUT)
+
+
+def test_waitclose_after_receive(gw):
+    # the most common pattern: run something, take its result, wait for the
+    # close (on the C core the waiting thread reads the close itself)
+    for timeout in (None, TIMEOUT):
+        for _ in range(50):
+            channel = gw.remote_exec("channel.send(1)")
+            assert channel.receive(timeout) == 1
+            channel.waitclose(timeout)
+            assert channel.isclosed()
+
+
+def test_waitclose_times_out_and_raises_the_remote_error(gw):
+    channel = gw.remote_exec("channel.send(channel.receive())")
+    with pytest.raises(execnet.TimeoutError):
+        channel.waitclose(0.05)
+    channel.send(None)
+    assert channel.receive(TIMEOUT) is None
+    channel.waitclose(TIMEOUT)
+    failing = gw.remote_exec("channel.receive()\nraise ValueError(42)")
+    failing.send(None)
+    with pytest.raises(channel.RemoteError, match="ValueError: 42"):
+        failing.waitclose(TIMEOUT)
+
+
+def test_waitclose_in_many_threads_at_once(thread_gw):
+    channels = [thread_gw.remote_exec("channel.send(channel.receive())") for _ in range(4)]
+    errors = []
+
+    def wait(channel):
+        try:
+            channel.waitclose(TIMEOUT)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wait, args=(ch,)) for ch in channels]
+    for thread in threads:
+        thread.start()
+    for i, channel in enumerate(channels):
+        channel.send(i)
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert [channel.receive(TIMEOUT) for channel in channels] == [0, 1, 2, 3]
+
+
+def test_waitclose_in_a_callback(gw):
+    # a callback runs in the thread that dispatches frames: waiting there
+    # for a close that has already come must not wait for that thread
+    first = gw.remote_exec("channel.send(1)")
+    first.waitclose(TIMEOUT)
+    seen = queue.Queue()
+
+    def callback(item):
+        first.waitclose(TIMEOUT)
+        seen.put(item)
+
+    second = gw.remote_exec("channel.send(2)")
+    second.setcallback(callback)
+    assert seen.get(timeout=TIMEOUT) == 2
+    second.waitclose(TIMEOUT)
+
+
+def test_io_thread_reads_at_once_after_a_long_receive(peer):
+    # While a receive() waits long, the IO thread stands aside for up to
+    # 50 ms at a time; when the receive ends it must read again at once,
+    # or a frame only Python handles (a callback's item, a close nobody
+    # waits for) waits up to those 50 ms.
+    waiting = peer.conn.queue(3, ENDMARKER)
+    other = peer.conn.queue(4, ENDMARKER)
+    peer.conn.start()
+    delays = []
+    for attempt in range(3):
+        # a frame for another queue: the IO thread reads it, finds a getter
+        # waiting and stands aside; 0.22 s later it sleeps 50 ms at a time
+        got_other = []
+        getter = threading.Thread(
+            target=lambda: got_other.append(other.get(TIMEOUT, None)), daemon=True
+        )
+        with pytest.raises(execnet.TimeoutError):
+            getter.start()
+            peer.send(frame(4, 4, b"F\x00\x00\x00\x07Q"))
+            waiting.get(0.22, None)
+        getter.join(TIMEOUT)
+        assert got_other == [7]
+        before = len(peer.frames)
+        start = time.monotonic()
+        peer.send(frame(5, 9, b""))
+        wait_for(lambda: len(peer.frames) > before, interval=0.0002)
+        delays.append(time.monotonic() - start)
+    # the old behaviour took about 40 ms each time
+    assert sorted(delays)[1] < 0.02, delays
