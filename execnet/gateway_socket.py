@@ -191,6 +191,8 @@ def create_io(spec, group, execmodel) -> SocketIO:
     if spec.secret_file:
         if spec.installvia:
             raise ValueError("secret_file= is for socket=HOST:PORT, not installvia=")
+        if not isinstance(spec.secret_file, str):
+            raise ValueError("secret_file needs a path: secret_file=PATH")
         secret = _server.read_secret(spec.secret_file)
     if spec.installvia:
         host, port = start_via(group[spec.installvia])

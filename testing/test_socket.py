@@ -602,6 +602,10 @@ def test_secret_file_errors(own_server, tmp_path, group):
         group.makegateway(f"socket=127.0.0.1:1//secret_file={empty}")
     with pytest.raises(FileNotFoundError):
         group.makegateway(f"socket=127.0.0.1:1//secret_file={tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="needs a path"):
+        group.makegateway("socket=127.0.0.1:1//secret_file")
+    with pytest.raises(ValueError, match="installvia"):
+        group.makegateway(f"socket//installvia=x//secret_file={empty}")
     assert not group
     for path in (empty, tmp_path / "missing"):
         proc = subprocess.run(
