@@ -195,14 +195,28 @@ def bootstrap_socket(io, spec) -> None:
     if sock is not None:
         # a peer that is no socket server must not keep us waiting forever
         sock.settimeout(BOOTSTRAP_TIMEOUT)
+    address = getattr(io, "remoteaddress", "?")
     try:
-        _check_ack(io)
+        ack = io.read(1)
+        refusal = None
+        if ack != b"1" and sock is not None:
+            from .gateway_socket import refusal_text
+
+            refusal = refusal_text(sock, ack)
     except (EOFError, OSError) as exc:
         _discard(io)
         if sock is not None:
             sock.close()
-        address = getattr(io, "remoteaddress", "?")
         raise EOFError(f"socket server {address} did not start the worker: {exc!r}") from exc
+    if ack != b"1":
+        _discard(io)
+        if sock is not None:
+            sock.close()
+        if refusal is not None:
+            from .gateway_socket import SocketSecretError
+
+            raise SocketSecretError(f"socket server {address} refused the gateway: {refusal}")
+        raise AssertionError(f"bad bootstrap acknowledgement {ack!r}")
     if sock is not None:
         sock.settimeout(None)
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 import sys
 
 from .gateway_bootstrap import HostNotFound
+from .script import socketserver as _server
+
+
+class SocketSecretError(ConnectionError):
+    """The socket server and the gateway disagree about the shared secret
+    (``secret_file=``): the server refused the gateway's, asked for one the
+    gateway lacks, or checks none while the gateway has one."""
 
 
 class SocketIO:
@@ -112,9 +119,81 @@ def _naming_address(exc: OSError, address: str) -> OSError:
         return exc
 
 
+def authenticate(sock, secret: bytes, address: str) -> None:
+    """Answer the server's challenge with the shared secret (the handshake
+    is described in execnet/script/socketserver.py); SocketSecretError if
+    the server does not take it."""
+    sock.settimeout(_server.AUTH_TIMEOUT)
+    try:
+        sock.sendall(_server.AUTH_HELLO)
+        line = _server.read_short_line(sock)
+        if not line:
+            raise SocketSecretError(
+                f"socket server {address} closed the connection when offered a shared "
+                "secret: it checks none (start it with --secret-file) or is no socket server"
+            )
+        if line == _server.AUTH_REQUIRED:
+            raise SocketSecretError(f"socket server {address} did not take the handshake")
+        if not (line.startswith(_server.AUTH_CHALLENGE) and line.endswith(b"\n")):
+            raise SocketSecretError(
+                f"socket server {address} sent no challenge but {line[:80]!r}"
+            )
+        import binascii
+
+        try:
+            nonce = binascii.unhexlify(line[len(_server.AUTH_CHALLENGE):-1])
+        except (binascii.Error, ValueError):
+            nonce = b""
+        if len(nonce) != _server.AUTH_NONCE_BYTES:
+            raise SocketSecretError(f"socket server {address} sent a malformed challenge")
+        sock.sendall(_server.challenge_answer(secret, nonce) + b"\n")
+        verdict = _server.read_short_line(sock)
+        if verdict == _server.AUTH_DENIED:
+            raise SocketSecretError(
+                f"socket server {address} refused the shared secret (secret_file= "
+                "differs from the server's --secret-file)"
+            )
+        if verdict != _server.AUTH_ACCEPTED:
+            raise SocketSecretError(
+                f"socket server {address} gave no verdict on the shared secret: {verdict[:80]!r}"
+            )
+    except OSError as exc:
+        if isinstance(exc, SocketSecretError):
+            raise
+        raise SocketSecretError(
+            f"socket server {address}: connection failed during the secret handshake: {exc}"
+        ) from exc
+    finally:
+        try:
+            sock.settimeout(None)
+        except OSError:
+            pass
+
+
+def refusal_text(sock, first: bytes):
+    """When the bootstrap acknowledgement was first (not b"1"): the text of
+    the server's refusal line if it is one, else None."""
+    if first != _server.AUTH_REQUIRED[:1]:
+        return None
+    try:
+        rest = _server.read_short_line(sock, len(_server.AUTH_REQUIRED) - 1)
+    except OSError:
+        return None
+    if first + rest != _server.AUTH_REQUIRED:
+        return None
+    return "it requires a shared secret: give the gateway secret_file=PATH"
+
+
 def create_io(spec, group, execmodel) -> SocketIO:
     """Connect to the socket server named by spec."""
     assert not spec.python, "socket: specifying python executables not yet supported"
+    secret = None
+    if spec.secret_file:
+        if spec.installvia:
+            raise ValueError("secret_file= is for socket=HOST:PORT, not installvia=")
+        if not isinstance(spec.secret_file, str):
+            raise ValueError("secret_file needs a path: secret_file=PATH")
+        secret = _server.read_secret(spec.secret_file)
     if spec.installvia:
         host, port = start_via(group[spec.installvia])
     else:
@@ -137,4 +216,10 @@ def create_io(spec, group, execmodel) -> SocketIO:
         if new is exc:
             raise
         raise new from exc
+    if secret is not None:
+        try:
+            authenticate(sock, secret, io.remoteaddress)
+        except BaseException:
+            sock.close()
+            raise
     return io

@@ -37,6 +37,7 @@ class XSpec:
     nice: str | None = None
     popen: bool | None = None
     python: str | None = None
+    secret_file: str | None = None
     socket: str | None = None
     ssh: str | None = None
     ssh_config: str | None = None

@@ -491,19 +491,26 @@ def test_dropped_callback_channel_keeps_receiving(thread_gw):
     assert [q.get(timeout=TIMEOUT) for _ in range(5)] == [0, 100, 200, 300, 400]
 
 
-def test_remote_drops_callback_channel(gw):
+@pytest.mark.parametrize("endmarker", [[], ["end"]], ids=["no-endmarker", "endmarker"])
+def test_remote_drops_callback_channel(gw, endmarker):
+    # the remote sends one item on a channel and drops its last reference:
+    # the channel closes here, and the callback got the item, then the
+    # endmarker if one was asked for, each once, before waitclose returned
     channel = gw.remote_exec(
         """
         c = channel.gateway.newchannel()
         channel.send(c)
+        c.send(42)
         del c
         channel.receive()
         """
     )
     sub = channel.receive(TIMEOUT)
     items = []
-    sub.setcallback(items.append)
+    sub.setcallback(items.append, *endmarker)
     sub.waitclose(TIMEOUT)
+    assert items == [42, *endmarker]
+    assert sub.isclosed()
     channel.send(None)
     channel.waitclose(TIMEOUT)
 

@@ -859,6 +859,50 @@ def test_receiver_does_not_follow_a_planted_link_at_a_partial_name(group, dirs, 
     assert (dest / "small").read_text() == "s"
 
 
+@pytest.mark.parametrize("later", ["directory", "file", "big file"])
+def test_receiver_does_not_write_through_a_link_it_made(gw1, dirs, later):
+    # a first sync makes the links the sender asks for, out of the tree too
+    # (execnet copies symlinks as they are); a second sync that puts a
+    # directory or a file at those names replaces the links, it never
+    # writes through them
+    source, dest, other = dirs
+    outside = dest.parent / "outside"
+    outside.mkdir()
+    (outside / "f").write_text("untouched")
+    (outside / "g").write_text("untouched")
+    os.symlink(outside, source / "d")
+    os.symlink(outside / "g", source / "g")
+    sync(source, (gw1, dest))
+    assert os.readlink(dest / "d") == str(outside)
+    assert os.readlink(dest / "g") == str(outside / "g")
+    other.mkdir()
+    data = os.urandom(10_000) if later == "big file" else b"inside"
+    if later == "directory":
+        write(other / "d" / "f", data)
+        write(other / "g" / "f", data)
+    else:
+        write(other / "d", data)
+        write(other / "g", data)
+    sync(other, (gw1, dest, {"delete": True}))
+    assert tree(dest) == tree(other)
+    assert sorted(os.listdir(outside)) == ["f", "g"]
+    assert (outside / "f").read_text() == (outside / "g").read_text() == "untouched"
+
+
+def test_receiver_delete_does_not_follow_a_planted_link(gw1, dirs):
+    # delete=True removes what the source lacks: a planted link to a
+    # directory outside is removed as a link, the directory keeps its files
+    source, dest, _ = dirs
+    outside = dest.parent / "outside"
+    write(outside / "victim", "untouched")
+    write(source / "keep", "k")
+    dest.mkdir()
+    os.symlink(outside, dest / "planted")
+    sync(source, (gw1, dest, {"delete": True}))
+    assert tree(dest) == tree(source)
+    assert (outside / "victim").read_text() == "untouched"
+
+
 # -- the C file helpers ----------------------------------------------------------------
 
 

@@ -12,10 +12,12 @@ import time
 import pytest
 from runtime_util import TIMEOUT
 from runtime_util import ServerProcess
+from runtime_util import wait_for
 
 import execnet
 from execnet import gateway_base
 from execnet import gateway_bootstrap
+from execnet import gateway_socket
 from execnet.script import socketserver
 
 pytest_plugins = ["conftest_runtime"]
@@ -431,3 +433,195 @@ def test_unfinished_task_does_not_stop_server(own_server, group):
     assert proc.proc.poll() is None
     gw = group.makegateway(f"socket={proc.address}")
     assert gw.remote_exec("channel.send(5)").receive(TIMEOUT) == 5
+
+
+# --- safe defaults: the address, the shared secret --------------------------------
+
+
+def test_default_address_is_loopback():
+    assert socketserver.parse_args([]) == ("127.0.0.1:8888", None)
+    assert socketserver.parse_args(["--secret-file", "f", ":0"]) == (":0", "f")
+    assert socketserver.parse_args(["--secret-file=f"]) == ("127.0.0.1:8888", "f")
+    for bad in (["--secret-file"], ["a:1", "b:2"], ["--other"]):
+        with pytest.raises(SystemExit):
+            socketserver.parse_args(bad)
+
+
+def test_server_without_address_listens_on_loopback(tmp_path):
+    # in a network namespace of its own (needs root), so that port 8888 is
+    # surely free: the server started without arguments binds 127.0.0.1:8888
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip("no network namespace (unshare -n): %s" % probe.stderr.decode().strip())
+    script = "ip link set lo up 2>/dev/null; exec %s -u -m execnet.script.socketserver" % (
+        sys.executable
+    )
+    proc = ServerProcess(["unshare", "-n", "sh", "-c", script])
+    try:
+        assert (proc.host, proc.port) == ("127.0.0.1", 8888)
+    finally:
+        proc.stop()
+    assert not any("WARNING" in line for line in proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:0", ":0"])
+def test_warning_for_non_loopback_address(own_server, address):
+    proc = own_server(address)
+    assert proc.host == "0.0.0.0"
+    proc.stop()
+    warnings = [line for line in proc.stderr if "WARNING" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert "not a loopback address" in warnings[0] and "--secret-file" in warnings[0]
+
+
+def test_no_warning_for_loopback_address(own_server):
+    proc = own_server("127.0.0.1:0")
+    proc.stop()
+    assert not any("WARNING" in line for line in proc.stderr), proc.stderr
+
+
+@pytest.fixture
+def secret_file(tmp_path):
+    path = tmp_path / "secret"
+    path.write_bytes(b"correct horse battery staple\n")
+    return path
+
+
+@pytest.fixture
+def secret_server(own_server, secret_file):
+    return own_server("--secret-file", str(secret_file), "127.0.0.1:0")
+
+
+def marker_source(path) -> bytes:
+    """A source line that creates the file at path when executed."""
+    source = f"open({str(path)!r}, 'w').close()"
+    return repr(source).encode() + b"\n"
+
+
+def challenge(sock) -> bytes:
+    """Say hello and return the server's nonce."""
+    sock.sendall(socketserver.AUTH_HELLO)
+    line = socketserver.read_short_line(sock)
+    assert line.startswith(socketserver.AUTH_CHALLENGE) and line.endswith(b"\n"), line
+    nonce = bytes.fromhex(line[len(socketserver.AUTH_CHALLENGE) : -1].decode())
+    assert len(nonce) == 32
+    return nonce
+
+
+def test_secret_right(secret_server, secret_file, group):
+    gw = group.makegateway(f"socket={secret_server.address}//secret_file={secret_file}")
+    channel = gw.remote_exec("channel.send(channel.receive() + 1)")
+    channel.send(41)
+    assert channel.receive(TIMEOUT) == 42
+    assert gw.remote_exec("import os; channel.send(os.getpid())").receive(TIMEOUT) == (
+        secret_server.proc.pid
+    )
+
+
+def test_secret_wrong(secret_server, tmp_path, group):
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"incorrect horse\n")
+    with pytest.raises(gateway_socket.SocketSecretError, match="refused the shared secret"):
+        group.makegateway(f"socket={secret_server.address}//secret_file={wrong}")
+    assert not group
+    wait_for(lambda: any("wrong answer to the challenge" in x for x in secret_server.stderr))
+
+
+def test_secret_missing(secret_server, group):
+    with pytest.raises(gateway_socket.SocketSecretError, match="requires a shared secret"):
+        group.makegateway(f"socket={secret_server.address}")
+    assert not group
+    wait_for(lambda: any("a secret is required" in x for x in secret_server.stderr))
+
+
+def test_secret_missing_nothing_executed(secret_server, secret_file, tmp_path, group):
+    marker = tmp_path / "marker"
+    with raw_client(secret_server) as sock:
+        sock.sendall(marker_source(marker))
+        assert socketserver.read_short_line(sock) == socketserver.AUTH_REQUIRED
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b""
+    # the server goes on serving, and a client that knows the secret runs
+    # its code after the one that did not
+    gw = group.makegateway(f"socket={secret_server.address}//secret_file={secret_file}")
+    assert gw.remote_exec("channel.send(1)").receive(TIMEOUT) == 1
+    assert not marker.exists()
+
+
+def test_secret_wrong_answer_nothing_executed(secret_server, secret_file, tmp_path, group):
+    marker = tmp_path / "marker"
+    secret = socketserver.read_secret(str(secret_file))
+    with raw_client(secret_server) as sock:
+        nonce = challenge(sock)
+        # right secret, other nonce; then the source
+        answer = socketserver.challenge_answer(secret, bytes(32))
+        assert answer != socketserver.challenge_answer(secret, nonce)
+        sock.sendall(answer + b"\n" + marker_source(marker))
+        assert socketserver.read_short_line(sock) == socketserver.AUTH_DENIED
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b""
+    gw = group.makegateway(f"socket={secret_server.address}//secret_file={secret_file}")
+    assert gw.remote_exec("channel.send(1)").receive(TIMEOUT) == 1
+    assert not marker.exists()
+
+
+def test_secret_answer_cannot_be_replayed(secret_server, secret_file, tmp_path):
+    secret = socketserver.read_secret(str(secret_file))
+    marker = tmp_path / "marker"
+    with raw_client(secret_server) as sock:
+        nonce = challenge(sock)
+        answer = socketserver.challenge_answer(secret, nonce)
+        sock.sendall(answer + b"\n")
+        assert socketserver.read_short_line(sock) == socketserver.AUTH_ACCEPTED
+        sock.sendall(marker_source(marker))
+        assert sock.recv(100) == b""  # the code ran and the server closed
+    assert marker.exists()
+    marker.unlink()
+    with raw_client(secret_server) as sock:
+        assert challenge(sock) != nonce
+        sock.sendall(answer + b"\n" + marker_source(marker))
+        assert socketserver.read_short_line(sock) == socketserver.AUTH_DENIED
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b""
+    secret_server.stop()
+    assert not marker.exists()
+
+
+def test_secret_given_to_a_server_without(server, secret_file, group):
+    with pytest.raises(gateway_socket.SocketSecretError, match="checks none"):
+        group.makegateway(f"socket={server.address}//secret_file={secret_file}")
+    assert not group
+    gw = group.makegateway(f"socket={server.address}")
+    assert gw.remote_exec("channel.send(1)").receive(TIMEOUT) == 1
+
+
+def test_secret_file_errors(own_server, tmp_path, group):
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"\n")
+    with pytest.raises(ValueError, match="empty"):
+        group.makegateway(f"socket=127.0.0.1:1//secret_file={empty}")
+    with pytest.raises(FileNotFoundError):
+        group.makegateway(f"socket=127.0.0.1:1//secret_file={tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="needs a path"):
+        group.makegateway("socket=127.0.0.1:1//secret_file")
+    with pytest.raises(ValueError, match="installvia"):
+        group.makegateway(f"socket//installvia=x//secret_file={empty}")
+    assert not group
+    for path in (empty, tmp_path / "missing"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "execnet.script.socketserver", "--secret-file", str(path)],
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 2
+        assert b"cannot use the secret file" in proc.stderr
+
+
+def test_secret_script_without_execnet(own_server, secret_file, tmp_path, group):
+    """The handshake needs nothing from execnet on the server's side."""
+    proc = own_server(
+        "-S", SERVER_SCRIPT, "--secret-file", str(secret_file), "127.0.0.1:0", module=False
+    )
+    gw = group.makegateway(f"socket={proc.address}//secret_file={secret_file}")
+    code = "import sys; channel.send('execnet' in sys.modules)"
+    assert gw.remote_exec(code).receive(TIMEOUT) is False

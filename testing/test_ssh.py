@@ -309,11 +309,23 @@ def test_agent_authentication(group, server, tmp_path, monkeypatch, how):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    agent_env = dict(os.environ, SSH_AUTH_SOCK=str(sock))
+
+    def agent_answers():
+        # the socket file appears at bind(), before the agent listens: ask it.
+        # ssh-add -l exits 1 for "no identities" (it answered), 2 when it
+        # cannot connect
+        assert agent.poll() is None, f"ssh-agent exited with {agent.returncode}"
+        listing = subprocess.run(
+            ["ssh-add", "-l"], env=agent_env, capture_output=True, timeout=TIMEOUT
+        )
+        return listing.returncode in (0, 1)
+
     try:
-        wait_for(sock.exists)
+        wait_for(agent_answers)
         subprocess.run(
             ["ssh-add", "-q", str(server.user_key)],
-            env=dict(os.environ, SSH_AUTH_SOCK=str(sock)),
+            env=agent_env,
             check=True,
             capture_output=True,
             timeout=TIMEOUT,

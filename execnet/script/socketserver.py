@@ -9,7 +9,20 @@ socket gateway sends the worker core this way (XSPEC.md §8, WIRE.md §3.3).
 
 Standalone use::
 
-    python socketserver.py [HOST:PORT]      (default ":8888", port 0 = any)
+    python socketserver.py [--secret-file PATH] [HOST:PORT]
+
+The default address is 127.0.0.1:8888 (port 0 = any free port); a host part
+left empty, as in ":8888", means every interface.  Whoever can connect can
+run code as the server's user, so the server warns on stderr when it
+listens on an address that is not a loopback one.
+
+With ``--secret-file`` the server first checks that the client knows the
+secret in PATH: it sends a fresh random nonce and expects the HMAC-SHA256
+of it keyed with the secret (a socket gateway given ``secret_file=PATH``
+answers).  The secret itself never crosses the connection, an old answer
+does not fit a new nonce, and a client that does not answer correctly is
+dropped before the server reads any source.  Without the option the
+connection starts as execnet's always did.
 
 Every client is served in a thread of its own, so several gateways can use
 one server at the same time.  The server keeps running until it is
@@ -24,6 +37,9 @@ Only the standard library is needed, so the file also works when shipped
 to a host as plain source.
 """
 
+import binascii
+import hashlib
+import hmac
 import os
 import socket
 import sys
@@ -35,6 +51,29 @@ PROGRESS_PREFIX = "socket_readline_exec_server-1.2"
 # smaller) and for the time a client may take to send it
 MAX_LINE_BYTES = 64 * 1024 * 1024
 LINE_TIMEOUT = 300.0
+
+DEFAULT_ADDRESS = "127.0.0.1:8888"
+
+# The shared-secret handshake, only when the server has a secret (lines of
+# ASCII, each ending in a newline):
+#   client: AUTH_HELLO
+#   server: AUTH_CHALLENGE + 64 hex digits (a nonce of 32 random bytes)
+#   client: 64 hex digits, HMAC-SHA256(secret, AUTH_CONTEXT + nonce)
+#   server: AUTH_ACCEPTED, then everything goes on as without a secret;
+#           or AUTH_DENIED / AUTH_REQUIRED, and the connection ends.
+AUTH_HELLO = b"execnet-auth-1\n"
+AUTH_CHALLENGE = b"execnet-auth-1 challenge "
+AUTH_ACCEPTED = b"execnet-auth-1 accepted\n"
+AUTH_DENIED = b"execnet-auth-1 denied\n"
+AUTH_REQUIRED = b"execnet-auth-1 required\n"
+AUTH_CONTEXT = b"execnet socket server challenge\n"
+AUTH_NONCE_BYTES = 32
+AUTH_LINE_MAX = 256
+AUTH_TIMEOUT = 30.0
+# what a dropped client may still send before the server closes (so that
+# it can read why it was dropped instead of getting a connection reset)
+DRAIN_BYTES = MAX_LINE_BYTES
+DRAIN_TIMEOUT = 5.0
 
 _output_lock = threading.Lock()
 
@@ -142,9 +181,83 @@ def read_source(sock):
     return source
 
 
-def exec_from_one_connection(serversock, execmodel, accepted=None, done=None):
+def read_secret(path):
+    """The shared secret in the file at path: its bytes without trailing
+    whitespace.  ValueError for an empty secret."""
+    with open(path, "rb") as f:
+        secret = f.read().rstrip()
+    if not secret:
+        raise ValueError("the secret file %s is empty" % (path,))
+    return secret
+
+
+def challenge_answer(secret, nonce):
+    """The answer (ASCII hex digits) to the challenge nonce."""
+    digest = hmac.new(secret, AUTH_CONTEXT + nonce, hashlib.sha256).hexdigest()
+    return digest.encode("ascii")
+
+
+def read_short_line(sock, limit=AUTH_LINE_MAX):
+    """One line of at most limit bytes, newline included; b"" at EOF before
+    the first byte.  Reads byte by byte, so nothing after it is taken."""
+    received = bytearray()
+    while len(received) < limit:
+        data = sock.recv(1)
+        if not data:
+            break
+        received += data
+        if data == b"\n":
+            break
+    return bytes(received)
+
+
+def _drop(sock, line):
+    """Tell the client why it is dropped, then let it go: whatever it
+    still sends is read and ignored (bounded), so that closing does not
+    reset the connection before the client read the line."""
+    try:
+        sock.sendall(line)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(DRAIN_TIMEOUT)
+        left = DRAIN_BYTES
+        while left > 0:
+            data = sock.recv(min(left, 65536))
+            if not data:
+                break
+            left -= len(data)
+    except OSError:
+        pass
+
+
+def check_client(sock, secret):
+    """The handshake: return if the client knows the secret, raise
+    ClientError (after telling the client) if not."""
+    sock.settimeout(AUTH_TIMEOUT)
+    try:
+        if read_short_line(sock) != AUTH_HELLO:
+            _drop(sock, AUTH_REQUIRED)
+            raise ClientError("the client offered no answer to a challenge (a secret is required)")
+        nonce = os.urandom(AUTH_NONCE_BYTES)
+        sock.sendall(AUTH_CHALLENGE + binascii.hexlify(nonce) + b"\n")
+        answer = read_short_line(sock)
+        if not answer.endswith(b"\n") or not hmac.compare_digest(
+            answer[:-1], challenge_answer(secret, nonce)
+        ):
+            _drop(sock, AUTH_DENIED)
+            raise ClientError("wrong answer to the challenge (not the server's secret)")
+        sock.sendall(AUTH_ACCEPTED)
+    except socket.timeout:
+        raise ClientError("no answer to the challenge within %s seconds" % AUTH_TIMEOUT) from None
+    except OSError as exc:
+        raise ClientError("connection failed during the challenge: %s" % exc) from None
+    finally:
+        sock.settimeout(None)
+
+
+def exec_from_one_connection(serversock, execmodel, accepted=None, done=None, secret=None):
     """Accept one connection (unless given) and run what it sends; call
-    done() (if given) once the connection is over."""
+    done() (if given) once the connection is over.  With a secret, the
+    client must pass check_client first."""
     if accepted is None:
         clientsock, address = serversock.accept()
     else:
@@ -165,6 +278,8 @@ def exec_from_one_connection(serversock, execmodel, accepted=None, done=None):
     progress("got new connection from %s %s" % tuple(address[:2]))
     try:
         try:
+            if secret is not None:
+                check_client(clientsock, secret)
             source = read_source(clientsock)
         except ClientError as exc:
             # reported before the client sees the connection close
@@ -251,9 +366,10 @@ def get_thread_execmodel():
 class SocketServer:
     """Accept clients forever, each served by a thread of its own."""
 
-    def __init__(self, serversock, execmodel):
+    def __init__(self, serversock, execmodel, secret=None):
         self.serversock = serversock
         self.execmodel = execmodel
+        self.secret = secret
         self.startdir = os.getcwd()
         self._lock = threading.Lock()
         self._active = 0
@@ -314,7 +430,7 @@ class SocketServer:
             self._client_done()
 
         try:
-            exec_from_one_connection(None, self.execmodel, accepted, done)
+            exec_from_one_connection(None, self.execmodel, accepted, done, self.secret)
         except (KeyboardInterrupt, SystemExit) as exc:
             # a client asked the server to stop (quitserver.py)
             self._quit = exc
@@ -353,11 +469,64 @@ def serve_channel(channel):
         serversock.close()
 
 
+def is_loopback(host):
+    """True if host (an address the server is bound to) is a loopback one."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+USAGE = "usage: socketserver.py [--secret-file PATH] [HOST:PORT]  (default %s)" % DEFAULT_ADDRESS
+
+
+def parse_args(argv):
+    """(hostport, secret file or None) from the command line; SystemExit
+    with the usage for anything else."""
+    hostport = None
+    secret_file = None
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        if arg == "--secret-file" and args:
+            secret_file = args.pop(0)
+        elif arg.startswith("--secret-file="):
+            secret_file = arg[len("--secret-file="):]
+        elif arg.startswith("-") or hostport is not None:
+            sys.stderr.write(USAGE + "\n")
+            raise SystemExit(2)
+        else:
+            hostport = arg
+    return hostport or DEFAULT_ADDRESS, secret_file
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    hostport = argv[0] if argv else ":8888"
+    hostport, secret_file = parse_args(argv)
+    secret = None
+    if secret_file is not None:
+        try:
+            secret = read_secret(secret_file)
+        except (OSError, ValueError) as exc:
+            sys.stderr.write("socketserver.py: cannot use the secret file: %s\n" % (exc,))
+            raise SystemExit(2)
     serversock = bind_and_listen(hostport)
-    server = SocketServer(serversock, get_thread_execmodel())
+    host = serversock.getsockname()[0]
+    if not is_loopback(host):
+        complain(
+            "WARNING: listening on %s, which is not a loopback address: anyone who can "
+            "connect runs code as this user%s"
+            % (
+                host,
+                "" if secret is not None else " (no --secret-file given)",
+            )
+        )
+    server = SocketServer(serversock, get_thread_execmodel(), secret)
     try:
         server.serve_forever()
     except (KeyboardInterrupt, SystemExit):
