@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import random
+import shutil
 import struct
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def save_finding(findings, target, data, why, quiet=False):
 def child(args):
     with open(args.state, "r+b") as f:
         state = mmap.mmap(f.fileno(), STATE_SIZE)
-    workdir = tempfile.mkdtemp(prefix=f"xn-fuzz-{args.child}-", dir=args.workdir)
+    workdir = args.workdir  # the parent's, removed by it
     module, target = load_target(args.child, workdir)
     rng = random.Random(args.seed)
     from mutate import Mutator
@@ -120,7 +121,6 @@ def child(args):
                 fds = n
     state[: STATE.size] = STATE.pack(count, 0)
     target.close()
-    os.rmdir(workdir) if os.path.isdir(workdir) and not os.listdir(workdir) else None
     print("RESULT " + json.dumps({"inputs": count, "findings": findings, "outcomes": len(seen)}))
     return 0
 
@@ -130,12 +130,20 @@ def child(args):
 
 def watch(target, args, seed):
     """Run one target's child; returns (inputs, findings, outcomes)."""
+    workdir = tempfile.mkdtemp(prefix=f"xn-fuzz-{target}-", dir=args.workdir)
+    try:
+        return watch_child(target, args, seed, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def watch_child(target, args, seed, workdir):
     with tempfile.NamedTemporaryFile(prefix="xn-fuzz-state-") as f:
         f.truncate(STATE_SIZE)
         f.flush()
         state = mmap.mmap(f.fileno(), STATE_SIZE)
         command = [sys.executable, __file__, "--child", target, "--seed", str(seed),
-                   "--workdir", args.workdir,
+                   "--workdir", workdir,
                    "--count", str(args.count), "--seconds", str(args.seconds or 0),
                    "--findings", args.findings, "--state", f.name]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -177,6 +185,7 @@ def replay(args):
             bad += 1
             print(f"{path}: FINDING {type(exc).__name__}: {exc}")
     target.close()
+    shutil.rmtree(workdir, ignore_errors=True)
     return 1 if bad else 0
 
 
@@ -208,7 +217,7 @@ def main(argv=None):
     for target in targets:
         start = time.monotonic()
         inputs, findings, outcomes = watch(target, args, seed)
-        print(f"{target}: {inputs} inputs, {findings} findings, {outcomes} distinct outcomes, "
+        print(f"{target}: {inputs} inputs, {findings} findings, {outcomes or '?'} distinct outcomes, "
               f"seed {seed}, {time.monotonic() - start:.0f} s", flush=True)
         total += findings
     print(f"fuzz: {total} findings")
