@@ -3,7 +3,7 @@ in a child process watched for crashes and hangs.
 
     python fuzz/run.py                       # every target, 10**5 inputs, seed 1
     python fuzz/run.py frames --count 5000
-    python fuzz/run.py --seconds 3600 --seed random
+    python fuzz/run.py --seconds 3600 --seed random --jobs 3
     python fuzz/run.py --replay loads fuzz/findings/loads-1a2b3c...
 
 See doc/fuzzing.md.
@@ -194,6 +194,7 @@ def main(argv=None):
     parser.add_argument("targets", nargs="*", help=f"of {TARGETS} (default: all)")
     parser.add_argument("--count", type=int, default=10**5, help="inputs per target")
     parser.add_argument("--seconds", type=float, help="run each target this long instead")
+    parser.add_argument("--jobs", type=int, default=1, help="targets run at once")
     parser.add_argument("--seed", default="1", help="an integer, or 'random'")
     parser.add_argument("--findings", default=os.path.join(HERE, "findings"))
     parser.add_argument("--workdir", default=WORKDIR, help="for the rsync harness's files")
@@ -213,13 +214,17 @@ def main(argv=None):
         if target not in TARGETS:
             parser.error(f"unknown target {target!r}")
     seed = random.SystemRandom().randrange(2**32) if args.seed == "random" else int(args.seed)
-    total = 0
-    for target in targets:
+    def run_target(target):
         start = time.monotonic()
         inputs, findings, outcomes = watch(target, args, seed)
         print(f"{target}: {inputs} inputs, {findings} findings, {outcomes or '?'} distinct outcomes, "
               f"seed {seed}, {time.monotonic() - start:.0f} s", flush=True)
-        total += findings
+        return findings
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        total = sum(pool.map(run_target, targets))
     print(f"fuzz: {total} findings")
     return 1 if total else 0
 

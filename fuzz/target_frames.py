@@ -2,11 +2,12 @@
 
 Each input is written into a pipe read by a C Connection (csrc/io.c), with
 queues for channels 1 and 3 as a gateway has for channels that receive;
-then the pipe is closed. Inputs of even length are read by the IO thread;
-those of odd length by this thread, taking the read role while it waits on
-channel 1's queue (as Channel.receive does). The dispatcher decodes every
-payload that reaches Python, as a gateway's does, and any error ends the
-connection, as in a gateway.
+then the pipe is closed. Inputs of even length are read by the IO thread
+alone (this thread waits for the end before it empties the queues); for
+those of odd length this thread waits on channel 1's queue at once, and
+takes the read role while it waits, as Channel.receive does. The
+dispatcher decodes every payload that reaches Python, as a gateway's does,
+and any error ends the connection, as in a gateway.
 
 Whatever the bytes, the connection must end (dispatch(-1, ...) is called
 once), every queue must then deliver its items and its endmarker to the
@@ -84,10 +85,9 @@ class Target:
             os.close(w)
         try:
             conn.start()
-            results = []
-            order = queues if len(data) % 2 else queues[::-1]
-            for q in order:
-                results.append(self.drain(q, len(data) // 9 + 2))
+            if len(data) % 2 == 0 and not ended.wait(TIMEOUT):
+                raise Finding(f"the connection did not end within {TIMEOUT} s")
+            results = [self.drain(q, len(data) // 9 + 2) for q in queues]
             if not ended.wait(TIMEOUT):
                 raise Finding(f"the connection did not end within {TIMEOUT} s")
         finally:
