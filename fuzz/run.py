@@ -27,7 +27,7 @@ TARGETS = ["loads", "frames", "rsync"]
 # the child's progress and its current input, shared with the parent: an
 # input counter (8 bytes), the input's length (4) and the input
 STATE = struct.Struct("<QI")
-STATE_SIZE = STATE.size + 65536
+STATE_SIZE = STATE.size + (1 << 20)  # inputs are smaller
 # a child whose counter stands still this long is hung (each input takes
 # milliseconds; the frames harness's own waits time out after 10 s)
 HANG_SECONDS = 60
