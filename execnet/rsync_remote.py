@@ -496,17 +496,27 @@ class Receiver:
             fd = os.open(partial, _WRITE_FLAGS, 0o600)  # (not through a symlink)
         except OSError as exc:
             error = exc
-        while True:
-            piece = self.channel.receive()
-            if piece is None or piece is False:
-                break
-            if not isinstance(piece, bytes):
-                raise ValueError(f"rsync: bad piece for {relpath!r}")
-            if error is None:
+        try:
+            while True:
+                piece = self.channel.receive()
+                if piece is None or piece is False:
+                    break
+                if not isinstance(piece, bytes):
+                    raise ValueError(f"rsync: bad piece for {relpath!r}")
+                if error is None:
+                    try:
+                        _write_all(fd, piece)
+                    except OSError as exc:
+                        error = exc
+        except BaseException:
+            # a bad piece, or the sender gone: the partial file goes too
+            if fd is not None:
+                os.close(fd)
                 try:
-                    _write_all(fd, piece)
-                except OSError as exc:
-                    error = exc
+                    os.unlink(partial)
+                except OSError:
+                    pass
+            raise
         if fd is not None:
             try:
                 os.close(fd)

@@ -763,10 +763,10 @@ def test_master_drops_a_receiver_announcing_a_copy_outside_the_source(gw1, dirs,
 # -- a hostile sender ----------------------------------------------------------------
 
 
-def hostile(gw, dest, items, links=()):
+def hostile(gw, dest, items, links=(), options=None):
     """Run the receiver against hand-made items; its error text, or None."""
     channel = gw.remote_exec(rsync_remote)
-    channel.send((str(dest), {}))
+    channel.send((str(dest), options or {}))
     for item in items:
         channel.send(item)
     try:
@@ -798,6 +798,17 @@ def test_receiver_refuses_unsafe_names(gw1, tmp_path, name):
     assert error is not None and "refusing" in error
     assert sorted(os.listdir(tmp_path)) in (["dest"], [])
     assert not dest.exists() or os.listdir(dest) == []
+
+
+@pytest.mark.parametrize("last", [7, "text"])
+def test_receiver_removes_the_partial_file_of_a_bad_piece(gw1, tmp_path, last):
+    # a file sent in pieces, ended by an item that is no piece: the error
+    # ends the receiver, and the partial file goes with it
+    dest = tmp_path / "dest"
+    items = [[0o40755, "big"], (0o100644, 0.0, 10), ("chunked", None), b"12345", last]
+    error = hostile(gw1, dest, items, options={"xn-stream": 1})
+    assert error is not None and "bad piece" in error
+    assert os.listdir(dest) == []
 
 
 @pytest.mark.parametrize(
