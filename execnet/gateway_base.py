@@ -1311,7 +1311,12 @@ class Channel:
             raise OSError(f"cannot send to {self!r}")
         gateway = self.gateway
         if self._native and gateway._error is None:
-            gateway._conn.send(Message.CHANNEL_DATA, self.id, item)
+            try:
+                gateway._conn.send(Message.CHANNEL_DATA, self.id, item)
+            except OSError as exc:
+                if type(exc) is not OSError:
+                    raise
+                raise gateway._cannot_send() from exc
         else:
             gateway._send(Message.CHANNEL_DATA, self.id, dumps_internal(item))
 
@@ -1562,6 +1567,25 @@ class BaseGateway:
     def _trace(self, *msg: object) -> None:
         trace(self.id, *msg)
 
+    def _named(self, exc: BaseException) -> BaseException:
+        """exc, the error that ended the connection or a send, with this
+        gateway's id in its text (same type; an OSError keeps its errno and
+        so its subclass). Other errors are returned as they are."""
+        where = f"[gateway {self.id}]"
+        if type(exc) is EOFError or (type(exc) is OSError and exc.errno is None):
+            text = " ".join(map(str, exc.args))
+            named = type(exc)(f"{text} {where}" if text else where)
+        elif isinstance(exc, OSError) and exc.errno is not None:
+            named = OSError(exc.errno, f"{exc.strerror} {where}")
+        else:
+            return exc
+        named.__cause__ = exc.__cause__
+        named.__traceback__ = exc.__traceback__
+        return named
+
+    def _cannot_send(self) -> OSError:
+        return OSError(f"cannot send (already closed?) [gateway {self.id}]")
+
     _geterrortext = staticmethod(geterrortext)
 
     def _initreceive(self) -> None:
@@ -1591,7 +1615,7 @@ class BaseGateway:
         if code < 0:
             ended_cleanly = isinstance(data, (GatewayReceivedTerminate, KeyboardInterrupt))
             if not ended_cleanly and self._error is None:
-                self._error = data
+                self._error = self._named(data)
             try:
                 self._stop_receiving()
             finally:
@@ -1658,10 +1682,10 @@ class BaseGateway:
             pass
         except EOFError as exc:
             self._trace("[receiver-thread] EOF without prior gateway termination message")
-            self._error = exc
+            self._error = self._named(exc)
         except Exception as exc:
             self._trace("[receiver-thread]", geterrortext(exc))
-            self._error = exc
+            self._error = self._named(exc)
         finally:
             self._stop_receiving()
 
@@ -1687,8 +1711,11 @@ class BaseGateway:
         """Write one message (atomically with respect to other senders)."""
         if self._conn is not None:
             if self._error is not None:
-                raise OSError("cannot send (already closed?)")
-            self._conn.send_raw(msgcode, channelid, data)
+                raise self._cannot_send()
+            try:
+                self._conn.send_raw(msgcode, channelid, data)
+            except OSError as exc:
+                raise self._cannot_send() from exc
             return
         frame = _frame(msgcode, channelid, data)
         try:
@@ -1699,7 +1726,7 @@ class BaseGateway:
                 self._io.write(frame)
         except (OSError, ValueError, EOFError) as exc:
             self._trace("failed to send", Message(msgcode, channelid, data), exc)
-            raise OSError("cannot send (already closed?)") from exc
+            raise self._cannot_send() from exc
         if trace is not notrace:
             self._trace("sent", Message(msgcode, channelid, data))
 

@@ -537,7 +537,7 @@ def test_worker_killed_mid_message(gw):
     channel.setcallback(q.put, endmarker=999)
     start = time.monotonic()
     assert q.get(timeout=TIMEOUT) == 999
-    with pytest.raises(EOFError, match="^expected 30 bytes, got 10$"):
+    with pytest.raises(EOFError, match=rf"^expected 30 bytes, got 10 \[gateway {gw.id}\]$"):
         channel.waitclose(TIMEOUT)
     assert time.monotonic() - start < 1
 
