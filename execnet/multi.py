@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import threading
 import time
-from typing import NamedTuple
 
 from . import gateway_base
 from . import gateway_bootstrap
@@ -271,12 +270,27 @@ class MultiChannel:
             raise first_error
 
 
-class BackendInfo(NamedTuple):
-    """Which core runs gateways and serializes (``"c"`` or ``"python"``) and,
-    for ``"python"``, why the C core is not active (else empty)."""
+class BackendInfo(tuple):
+    """(backend, reason): which core runs gateways and serializes (``"c"`` or
+    ``"python"``) and, for ``"python"``, why the C core is not active (else
+    empty).  A tuple of its own, as typing (NamedTuple) would cost every
+    worker its import."""
 
-    backend: str
-    reason: str
+    __slots__ = ()
+
+    def __new__(cls, backend: str, reason: str) -> BackendInfo:
+        return tuple.__new__(cls, (backend, reason))
+
+    @property
+    def backend(self) -> str:
+        return self[0]
+
+    @property
+    def reason(self) -> str:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"BackendInfo(backend={self[0]!r}, reason={self[1]!r})"
 
     def __str__(self) -> str:
         return self.backend if not self.reason else f"{self.backend}: {self.reason}"

@@ -164,8 +164,10 @@ def _interpreters(variable: str, versions: list[str]) -> list[str]:
 SUPPORTED_PYTHONS = _interpreters(
     "EXECNET_TEST_PYTHONS", ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
 )
+# remote interpreters the portable core runs on: those and 3.7
+REMOTE_PYTHONS = _interpreters("EXECNET_TEST_OLD_REMOTE_PYTHONS", ["3.7"]) + SUPPORTED_PYTHONS
 # older ones, which makegateway must refuse with a clear error
-UNSUPPORTED_PYTHONS = _interpreters("EXECNET_TEST_OLD_PYTHONS", ["2.7", "3.6", "3.7"])
+UNSUPPORTED_PYTHONS = _interpreters("EXECNET_TEST_OLD_PYTHONS", ["2.7", "3.6"])
 
 
 def require_interpreter(path: str) -> None:

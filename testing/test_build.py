@@ -23,6 +23,7 @@ INSTALL_TIMEOUT = 300
 def test_backend_info_matches_backend():
     info = execnet.backend_info()
     assert info.backend == gateway_base.BACKEND
+    assert tuple(info) == (info.backend, info.reason)
     assert (info.reason == "") == (info.backend == "c")
     assert str(info) == (info.backend if info.backend == "c" else f"python: {info.reason}")
 
