@@ -10,6 +10,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
+#include <string.h>
+
+#include "compat.h"
 #endif
 
 #include <stddef.h>

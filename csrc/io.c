@@ -617,16 +617,6 @@ count_dispatch(xn_connection *c)
     pthread_mutex_unlock(&c->state_lock);
 }
 
-static int
-interpreter_finalizing(void)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing();
-#else
-    return _Py_IsFinalizing();
-#endif
-}
-
 /* Hand one frame to Python (IO thread). Returns 0, or -1 with the
  * dispatcher's exception set (GIL held). */
 static int
@@ -652,7 +642,7 @@ static int
 dispatch_inline(xn_connection *c, int code, int32_t channelid, const char *data,
                 Py_ssize_t size)
 {
-    if (c->inline_dispatch == NULL || interpreter_finalizing())
+    if (c->inline_dispatch == NULL || xn_is_finalizing())
         return 0;
     PyGILState_STATE gstate = PyGILState_Ensure();
     int handled = 0;
@@ -771,7 +761,7 @@ static void
 release_object(xn_connection *c, gil_hold *g, PyObject *obj)
 {
     (void)c;
-    if (interpreter_finalizing())
+    if (xn_is_finalizing())
         return; /* the process ends: left as it is */
     if (g != NULL) {
         take_gil(g);
@@ -1254,7 +1244,7 @@ reader_main(void *arg)
         c->rfd = -1;
     }
     pthread_mutex_unlock(&c->read_lock);
-    if (interpreter_finalizing()) {
+    if (xn_is_finalizing()) {
         /* Python is going away: nobody is left to tell, and taking the GIL
          * now would end this thread inside CPython. */
         return NULL;

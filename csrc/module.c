@@ -13,7 +13,7 @@
 xn_state *
 xn_state_of_type(PyTypeObject *tp)
 {
-    PyObject *module = PyType_GetModuleByDef(tp, &xn_module_def);
+    PyObject *module = xn_module_of_type(tp, &xn_module_def);
     if (module == NULL) {
         return NULL;
     }
@@ -312,8 +312,7 @@ module_exec(PyObject *module)
     if (xn_rsync_add_functions(module) < 0) {
         return -1;
     }
-    st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &xn_connection_spec, NULL);
+    st->ConnectionType = (PyTypeObject *)xn_type_from_spec(module, &xn_connection_spec);
     if (st->ConnectionType == NULL) {
         return -1;
     }
@@ -321,7 +320,7 @@ module_exec(PyObject *module)
         return -1;
     }
     st->ItemQueueType =
-        (PyTypeObject *)PyType_FromModuleAndSpec(module, &xn_queue_spec, NULL);
+        (PyTypeObject *)xn_type_from_spec(module, &xn_queue_spec);
     if (st->ItemQueueType == NULL) {
         return -1;
     }
@@ -329,7 +328,7 @@ module_exec(PyObject *module)
         return -1;
     }
     st->EventType =
-        (PyTypeObject *)PyType_FromModuleAndSpec(module, &xn_event_spec, NULL);
+        (PyTypeObject *)xn_type_from_spec(module, &xn_event_spec);
     if (st->EventType == NULL) {
         return -1;
     }
@@ -384,6 +383,8 @@ module_free(void *module)
 
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, (void *)module_exec},
+    XN_SLOT_INTERPRETERS /* see compat.h for why */
+    XN_SLOT_GIL
     {0, NULL},
 };
 

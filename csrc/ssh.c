@@ -699,7 +699,7 @@ static struct PyModuleDef ssh_module_def;
 static PyObject *
 ssh_error_class(PyObject *self)
 {
-    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &ssh_module_def);
+    PyObject *module = xn_module_of_type(Py_TYPE(self), &ssh_module_def);
     if (module == NULL) {
         return NULL;
     }
@@ -1654,7 +1654,7 @@ ssh_module_exec(PyObject *module)
         return -1;
     }
     st->SshSessionType =
-        (PyTypeObject *)PyType_FromModuleAndSpec(module, &session_spec, NULL);
+        (PyTypeObject *)xn_type_from_spec(module, &session_spec);
     if (st->SshSessionType == NULL) {
         return -1;
     }
@@ -1690,6 +1690,8 @@ ssh_module_free(void *module)
 
 static PyModuleDef_Slot ssh_module_slots[] = {
     {Py_mod_exec, (void *)ssh_module_exec},
+    XN_SLOT_INTERPRETERS /* see compat.h for why */
+    XN_SLOT_GIL
     {0, NULL},
 };
 

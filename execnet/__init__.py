@@ -18,6 +18,7 @@ from .gateway_base import loads
 from .gateway_bootstrap import HostNotFound
 from .multi import Group
 from .multi import MultiChannel
+from .multi import backend_info
 from .multi import default_group
 from .multi import makegateway
 from .multi import set_execmodel
@@ -40,6 +41,7 @@ __all__ = [
     "TimeoutError",
     "XSpec",
     "__version__",
+    "backend_info",
     "default_group",
     "dump",
     "dumps",

@@ -1916,15 +1916,45 @@ PURE_PYTHON_SERIALIZER = {
     "loads_internal": loads_internal,
 }
 BACKEND = "python"
+BACKEND_REASON = ""  # why BACKEND is "python" (empty on the C backend)
 _core = None  # the C extension module, when the C backend is active
 
 
+def _extension_not_built() -> str:
+    """The reason for a missing extension, with the build's own if it left
+    one (setup.py writes it next to this file)."""
+    try:
+        with open(os.path.join(os.path.dirname(__file__), "_build_info")) as f:
+            recorded = "; ".join(line.strip() for line in f if line.strip())
+    except OSError:
+        recorded = ""
+    if recorded:
+        return f"the C extension was not built ({recorded})"
+    return "the C extension execnet._execnet is not installed"
+
+
+def _extension_file_exists() -> bool:
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    here = os.path.dirname(__file__)
+    return any(os.path.exists(os.path.join(here, "_execnet" + suffix)) for suffix in EXTENSION_SUFFIXES)
+
+
 def _load_c_backend():
-    if __name__ != "execnet.gateway_base" or os.environ.get("EXECNET_PUREPYTHON"):
+    global BACKEND_REASON
+    if __name__ != "execnet.gateway_base":
+        BACKEND_REASON = "this is the portable core sent as source to a remote interpreter"
+        return None
+    if os.environ.get("EXECNET_PUREPYTHON"):
+        BACKEND_REASON = "EXECNET_PUREPYTHON is set"
         return None
     try:
         from execnet import _execnet
-    except ImportError:
+    except ImportError as exc:
+        if not _extension_file_exists():
+            BACKEND_REASON = _extension_not_built()
+        else:
+            BACKEND_REASON = f"the C extension failed to import: {exc}"
         return None
     _execnet._install(globals())
     return _execnet

@@ -19,6 +19,15 @@ class HostNotFound(Exception):
     pass
 
 
+class UnsupportedPython(HostNotFound):
+    """The remote interpreter is too old to run the portable core."""
+
+
+# the oldest remote interpreter the portable core runs on (it is tested on
+# 3.7 to 3.13; execnet 2.1.2 asks for 3.8)
+MIN_REMOTE_VERSION = (3, 7)
+
+
 def sendexec(io, *sources: str) -> None:
     """Send source lines for the remote bootstrap line to execute."""
     source = "\n".join(sources)
@@ -27,11 +36,36 @@ def sendexec(io, *sources: str) -> None:
     io.write((ascii(source) + "\n").encode("ascii"))
 
 
-def _check_ack(io) -> None:
+def _check_ack(io, spec=None) -> None:
     ack = io.read(1)
+    if ack == b"0" and spec is not None:
+        # a remote below MIN_REMOTE_VERSION, which wrote its version
+        version = b""
+        while len(version) < 40 and not version.endswith(b"\n"):
+            try:
+                version += io.read(1)
+            except EOFError:
+                break
+        _discard(io)
+        raise UnsupportedPython(
+            "python {} at {} is not supported: execnet needs {}.{} or newer".format(
+                version.decode("ascii", "replace").strip(), _where(spec), *MIN_REMOTE_VERSION
+            )
+        )
     if ack != b"1":
         _discard(io)
         raise AssertionError(f"bad bootstrap acknowledgement {ack!r}")
+
+
+def _where(spec) -> str:
+    """Where spec's interpreter is, for a message."""
+    python = spec.python or "python"
+    host = spec.ssh or spec.vagrant_ssh
+    if host:
+        return f"{python} on {host}"
+    if spec.via:
+        return f"{python} via {spec.via}"
+    return python
 
 
 def _discard(io) -> None:
@@ -47,6 +81,17 @@ def _discard(io) -> None:
 # may write once the line is read (WIRE.md §2), and the child's imports then
 # overlap with what the master does next (the next gateway, remote_exec).
 _ACK = ("import sys", "sys.stdout.write('1')", "sys.stdout.flush()")
+# The same for an interpreter of any version, which may be too old for the
+# portable core (as old as 2.x): such a one answers 0 and its version, and
+# ends before it reads the core, whose syntax it could not parse.
+_ACK_CHECKED = (
+    "import sys",
+    f"if sys.version_info[:2] < {MIN_REMOTE_VERSION!r}:",
+    "    sys.stdout.write('0%d.%d.%d\\n' % tuple(sys.version_info[:3]))",
+    "    sys.stdout.flush()",
+    "    sys.exit(1)",
+    *_ACK[1:],
+)
 
 
 def bootstrap_import(io, spec) -> None:
@@ -105,12 +150,12 @@ def bootstrap_exec(io, spec) -> None:
     try:
         sendexec(
             io,
-            *_ACK,
+            *_ACK_CHECKED,
             packed_source("core", portable_core_source),
             f"execmodel = get_execmodel({spec.execmodel!r})",
             f"serve(init_popen_io(execmodel), id={spec.id + '-worker'!r})",
         )
-        _check_ack(io)
+        _check_ack(io, spec)
     except (EOFError, BrokenPipeError):
         # (a broken pipe: the process ended before it read the line, e.g.
         # ssh that could not connect)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 
+from . import gateway_base
 from . import gateway_bootstrap
 from . import gateway_io
 from .gateway_base import NO_ENDMARKER_WANTED
@@ -160,7 +162,26 @@ class Group:
 
     def _cleanup_atexit(self) -> None:
         trace(f"=== atexit cleanup {self!r} ===")
-        self.terminate(timeout=1.0)
+        self._terminate_in_this_thread(timeout=1.0)
+
+    def _exit_gateways(self) -> None:
+        """exit() the gateways no other gateway goes through (all if none)."""
+        vias = {gw.spec.via for gw in self._gateways if gw.spec.via}
+        leaves = [gw for gw in self._gateways if gw.id not in vias]
+        for gw in leaves or list(self._gateways):
+            gw.exit()
+
+    def _terminate_in_this_thread(self, timeout: float) -> None:
+        """terminate() without starting a thread, for the atexit handler:
+        from 3.12 on an interpreter that is shutting down refuses new
+        threads.  The gateways of one round share one timeout, waited for
+        one after the other; a process still there at its end is killed."""
+        while self._gateways or self._gateways_to_join:
+            self._exit_gateways()
+            deadline = time.monotonic() + timeout
+            for gw in self._gateways_to_join:
+                _end_without_threads(gw, deadline)
+            self._gateways_to_join[:] = []
 
     def terminate(self, timeout: float | None = None) -> None:
         """End every gateway; kill processes still there after timeout."""
@@ -174,11 +195,7 @@ class Group:
             gw._io.kill()
 
         while True:
-            # exit the gateways nobody goes through first
-            vias = {gw.spec.via for gw in self._gateways if gw.spec.via}
-            leaves = [gw for gw in self._gateways if gw.id not in vias]
-            for gw in leaves or list(self._gateways):
-                gw.exit()
+            self._exit_gateways()
             pairs = [
                 (lambda gw=gw: join_and_wait(gw), lambda gw=gw: kill(gw))
                 for gw in self._gateways_to_join
@@ -251,6 +268,76 @@ class MultiChannel:
                     first_error = exc
         if first_error is not None:
             raise first_error
+
+
+class BackendInfo(tuple):
+    """(backend, reason): which core runs gateways and serializes (``"c"`` or
+    ``"python"``) and, for ``"python"``, why the C core is not active (else
+    empty).  A tuple of its own, as typing (NamedTuple) would cost every
+    worker its import."""
+
+    __slots__ = ()
+
+    def __new__(cls, backend: str, reason: str) -> BackendInfo:
+        return tuple.__new__(cls, (backend, reason))
+
+    @property
+    def backend(self) -> str:
+        return self[0]
+
+    @property
+    def reason(self) -> str:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"BackendInfo(backend={self[0]!r}, reason={self[1]!r})"
+
+    def __str__(self) -> str:
+        return self.backend if not self.reason else f"{self.backend}: {self.reason}"
+
+
+def backend_info(execmodel: str | ExecModel | None = None) -> BackendInfo:
+    """The active core, and why it is the portable one if so; for gateways
+    of execmodel if one is given (the C core serves the thread models)."""
+    if gateway_base.BACKEND != "c":
+        return BackendInfo("python", gateway_base.BACKEND_REASON)
+    if execmodel is not None:
+        name = get_execmodel(execmodel).backend
+        if name not in gateway_base._THREAD_BACKENDS:
+            return BackendInfo(
+                "python", f"the {name} execmodel runs gateways on the portable core"
+            )
+    return BackendInfo("c", "")
+
+
+def _end_without_threads(gw, deadline: float) -> None:
+    """Wait for gw's receiver and process until deadline, kill the process
+    if it is still there; in the calling thread only."""
+
+    def left() -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    gw.join(left())
+    io = gw._io
+    popen = getattr(io, "popen", None)
+    if popen is None:
+        # sockets, proxied and native ssh connections: their wait() does not
+        # block once the connection is over; else they are cut
+        if not gw._receiving():
+            io.wait()
+        else:
+            io.kill()
+        return
+    expired = gw.execmodel.subprocess.TimeoutExpired
+    try:
+        popen.wait(timeout=left())
+    except expired:
+        trace(f"Gateways did not come down after timeout: {gw!r}")
+        io.kill()
+        try:
+            popen.wait(timeout=1.0)
+        except expired:
+            pass  # not reaped: the process is killed all the same
 
 
 def safe_terminate(execmodel, timeout, list_of_paired_functions) -> None:

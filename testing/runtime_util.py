@@ -139,3 +139,38 @@ class ServerProcess:
             self.proc.wait(TIMEOUT)
         for reader in self._readers:
             reader.join(TIMEOUT)
+
+
+def _interpreters(variable: str, versions: list[str]) -> list[str]:
+    """The interpreters named in the environment variable (separated by
+    os.pathsep), or else one pyenv interpreter per version of this
+    machine's image: the newest ~/.pyenv/versions/<version>.*/bin/python.
+    A version without one is given as its pattern, so that its test fails
+    (the image has them all) rather than being left out."""
+    listed = os.environ.get(variable)
+    if listed is not None:
+        return [path for path in listed.split(os.pathsep) if path]
+    import glob
+
+    found = []
+    for version in versions:
+        pattern = os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")
+        paths = sorted(glob.glob(pattern), key=lambda p: [int(n) for n in p.split("/")[-3].split(".")])
+        found.append(paths[-1] if paths else pattern)
+    return found
+
+
+# the interpreters execnet supports (as masters and workers): 3.8 and newer
+SUPPORTED_PYTHONS = _interpreters(
+    "EXECNET_TEST_PYTHONS", ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
+)
+# remote interpreters the portable core runs on: those and 3.7
+REMOTE_PYTHONS = _interpreters("EXECNET_TEST_OLD_REMOTE_PYTHONS", ["3.7"]) + SUPPORTED_PYTHONS
+# older ones, which makegateway must refuse with a clear error
+UNSUPPORTED_PYTHONS = _interpreters("EXECNET_TEST_OLD_PYTHONS", ["2.7", "3.6"])
+
+
+def require_interpreter(path: str) -> None:
+    """Fail (not skip) if path is no interpreter: the image has them all."""
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"interpreter {path} not found (set EXECNET_TEST_PYTHONS to change the list)")

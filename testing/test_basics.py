@@ -28,7 +28,7 @@ def test_all_names():
     assert execnet.__all__ == [
         "Channel", "DataFormatError", "DumpError", "Gateway", "Group",
         "HostNotFound", "LoadError", "MultiChannel", "RSync", "RemoteError",
-        "TimeoutError", "XSpec", "__version__", "default_group", "dump",
+        "TimeoutError", "XSpec", "__version__", "backend_info", "default_group", "dump",
         "dumps", "load", "loads", "makegateway", "set_execmodel",
     ]  # fmt: skip
     for name in execnet.__all__:

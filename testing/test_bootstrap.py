@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from runtime_util import REMOTE_PYTHONS
+from runtime_util import UNSUPPORTED_PYTHONS
+from runtime_util import require_interpreter
 
 import execnet
 from execnet import gateway_bootstrap
@@ -71,7 +74,12 @@ def test_exec_line_is_small_ascii_one_line():
 def test_child_acknowledges_before_anything_else(variant):
     # the master waits only for the line to be read, not for the imports
     source = check_line(bootstrap_line(getattr(gateway_bootstrap, variant), "popen//id=gwX"))
-    assert source.startswith("import sys\nsys.stdout.write('1')\nsys.stdout.flush()\n")
+    ack = "import sys\nsys.stdout.write('1')\nsys.stdout.flush()\n"
+    if variant == "bootstrap_exec":
+        # an interpreter that may be too old first says so (and ends)
+        ack = "\n".join(gateway_bootstrap._ACK_CHECKED) + "\n"
+        assert ack.endswith("\nsys.stdout.write('1')\nsys.stdout.flush()\n")
+    assert source.startswith(ack)
     assert source.count("'1'") == 1
 
 
@@ -194,6 +202,40 @@ def test_system_python_remote_error(makegateway):
     channel = gw.remote_exec("raise ValueError('boom')")
     with pytest.raises(execnet.RemoteError, match="boom"):
         channel.receive(TIMEOUT)
+
+
+def _version_of(python: str) -> str:
+    out = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d.%d' % tuple(sys.version_info[:3]))"],
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    return out.stdout.decode().strip()
+
+
+@pytest.mark.parametrize("python", REMOTE_PYTHONS)
+def test_remote_interpreter_versions(python, makegateway):
+    """The portable core, sent as source, runs on every remote version from
+    3.7 on, whatever version this master is."""
+    require_interpreter(python)
+    gw = makegateway(f"popen//python={python}")
+    check_portable_worker(gw, python)
+    version = gw.remote_exec(
+        "import sys; channel.send('%d.%d.%d' % tuple(sys.version_info[:3]))"
+    ).receive(TIMEOUT)
+    assert version == _version_of(python)
+
+
+@pytest.mark.parametrize("python", UNSUPPORTED_PYTHONS)
+def test_remote_interpreter_too_old(python, group):
+    require_interpreter(python)
+    version = _version_of(python)
+    expected = f"python {version} at {python} is not supported: execnet needs 3.7 or newer"
+    with pytest.raises(gateway_bootstrap.UnsupportedPython) as info:
+        group.makegateway(f"popen//python={python}")
+    assert str(info.value) == expected
+    assert isinstance(info.value, execnet.HostNotFound)
+    assert list(group) == []
 
 
 def test_exec_bootstrap_default_interpreter(makegateway):

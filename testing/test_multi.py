@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import atexit
+import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
+from runtime_util import SUPPORTED_PYTHONS
 from runtime_util import TIMEOUT
+from runtime_util import require_interpreter
+from runtime_util import wait_for
 
 import execnet
 from execnet import gateway_base
@@ -130,8 +137,11 @@ def test_group_atexit(monkeypatch):
             calls.append("exit")
             group._unregister(self)
 
-        def join(self):
+        def join(self, timeout=None):
             calls.append("join")
+
+        def _receiving(self):
+            return False
 
     group._register(PseudoGateway())
     group._cleanup_atexit()
@@ -139,6 +149,57 @@ def test_group_atexit(monkeypatch):
     assert group._gateways == []
     group._cleanup_atexit()
     assert calls == ["exit", "join", "wait"]
+
+
+# a session that leaves its gateways to the atexit handler: one worker
+# blocked in a receive, one sleeping in its remote_exec (killed at the end
+# of the handler's timeout), one that ran something, one idle
+_LEFT_AT_EXIT = """
+import sys
+import execnet
+gws = [execnet.makegateway() for _ in range(4)]
+pids = [gw._io.popen.pid for gw in gws]
+receiving = gws[0].remote_exec("channel.send(1); channel.receive()")
+sleeping = gws[1].remote_exec("import time; channel.send(1); time.sleep(600)")
+assert receiving.receive() == 1 and sleeping.receive() == 1
+assert gws[2].remote_exec("channel.send(6 * 7)").receive() == 42
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(map(str, pids)))
+"""
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("python", SUPPORTED_PYTHONS)
+def test_exit_with_gateways_open_is_quiet(python, tmp_path):
+    """An interpreter that exits with its gateways open prints nothing,
+    exits with 0 and leaves no worker behind (3.12 refuses threads there)."""
+    require_interpreter(python)
+    # the installed package alone on the path: another interpreter runs its
+    # portable core (the extension is built for ours)
+    (tmp_path / "path").mkdir()
+    os.symlink(os.path.dirname(execnet.__file__), tmp_path / "path" / "execnet")
+    pidfile = tmp_path / "pids"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(tmp_path / "path")
+    result = subprocess.run(
+        [python, "-c", _LEFT_AT_EXIT, str(pidfile)],
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert len(pids) == 4
+    for pid in pids:
+        wait_for(lambda: _process_gone(pid))
 
 
 def test_group_members(group):
