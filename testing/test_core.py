@@ -24,6 +24,9 @@ from execnet.gateway_base import Message
 
 pytest_plugins = ["conftest_runtime"]
 
+# Linux's fcntl command; the fcntl module has the name from Python 3.10 on
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
 from execnet import _execnet  # part of the package: it must import
 
 REMOTE_CORE = """
@@ -443,7 +446,7 @@ def test_connection_big_sends_intact_as_the_reader_resizes_the_pipe(peer, first,
             while len(received) < len(expected):
                 if not resized and len(received) > len(expected) // 2:
                     try:
-                        fcntl.fcntl(peer.from_conn, fcntl.F_SETPIPE_SZ, then)
+                        fcntl.fcntl(peer.from_conn, F_SETPIPE_SZ, then)
                         resized = True
                     except OSError as e:  # to shrink, the pipe must hold less
                         if e.errno != errno.EBUSY:
@@ -456,7 +459,7 @@ def test_connection_big_sends_intact_as_the_reader_resizes_the_pipe(peer, first,
             if len(received) < len(expected):
                 os.close(peer.from_conn)  # the sender fails rather than hangs
 
-    fcntl.fcntl(peer.from_conn, fcntl.F_SETPIPE_SZ, first)
+    fcntl.fcntl(peer.from_conn, F_SETPIPE_SZ, first)
     reader = threading.Thread(target=read)
     reader.start()
     for p in payloads:
