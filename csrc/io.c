@@ -23,6 +23,7 @@
 #define DEFAULT_SPIN_US 50
 #define SPIN_FAILURES 4
 #define SPIN_PAUSE 64
+#define SPIN_PROBE 8
 /* A pumping thread looks at signals this often. */
 #define PUMP_SLICE_NS 50000000LL
 enum { END_EOF, END_OS, END_PROTOCOL };
@@ -1091,13 +1092,17 @@ spin_for_data(xn_connection *c, struct pollfd *pfd)
         c->spin_skips--;
         return 0;
     }
+    /* The first poll after a pause polls longer: a peer that sleeps too
+     * (it paused as well) answers only after its own wakeup, which a short
+     * poll never sees, and two sleeping peers would stay paused for good. */
+    int probing = c->spin_failures >= SPIN_FAILURES;
     int ready = 0;
-    int64_t spin_end = xn_monotonic_ns() + c->spin_ns;
+    int64_t spin_end = xn_monotonic_ns() + c->spin_ns * (probing ? SPIN_PROBE : 1);
     while (xn_monotonic_ns() < spin_end && (ready = poll(pfd, 1, 0)) == 0)
         ;
     if (ready > 0)
         c->spin_failures = 0;
-    else if (++c->spin_failures >= SPIN_FAILURES)
+    else if (probing || ++c->spin_failures >= SPIN_FAILURES)
         c->spin_skips = SPIN_PAUSE;
     return ready;
 }
