@@ -299,10 +299,10 @@ class BackendInfo(tuple):
 def backend_info(execmodel: str | ExecModel | None = None) -> BackendInfo:
     """The active core, and why it is the portable one if so; for gateways
     of execmodel if one is given (the C core serves the thread models)."""
+    name = get_execmodel(execmodel).backend if execmodel is not None else None
     if gateway_base.BACKEND != "c":
         return BackendInfo("python", gateway_base.BACKEND_REASON)
-    if execmodel is not None:
-        name = get_execmodel(execmodel).backend
+    if name is not None:
         if name not in gateway_base._THREAD_BACKENDS:
             return BackendInfo(
                 "python", f"the {name} execmodel runs gateways on the portable core"
