@@ -170,9 +170,15 @@ def growth(step, iterations: int) -> tuple[float, float]:
     return least
 
 
-def assert_no_leak(step, iterations: int) -> None:
+def assert_no_leak(step, iterations: int, blocks: float = LEAK_BLOCKS) -> None:
     per_bytes, per_blocks = growth(step, iterations)
-    assert per_bytes < LEAK_BYTES and per_blocks < LEAK_BLOCKS, (per_bytes, per_blocks)
+    assert per_bytes < LEAK_BYTES and per_blocks < blocks, (per_bytes, per_blocks)
+
+
+# CPython 3.10's _posixsubprocess.fork_exec keeps about one small block per
+# process it starts (tracemalloc: 27 blocks, 1.6 KB, for 30 gateways, all
+# allocated inside fork_exec); 3.8, 3.9 and 3.11+ keep none.
+SUBPROCESS_BLOCKS = 1.5 if sys.version_info[:2] == (3, 10) else 0.0
 
 
 needs_malloc_counter = pytest.mark.skipif(
@@ -251,5 +257,5 @@ def test_gateway_loop_does_not_leak(group):
         gw.exit()
         group.terminate(timeout=30)
 
-    assert_no_leak(step, 15)
+    assert_no_leak(step, 15, blocks=LEAK_BLOCKS + SUBPROCESS_BLOCKS)
     assert wait_for_nothing_left(before) == {}
