@@ -370,6 +370,15 @@ def save_json(path: Path, meta: dict, summary: dict, samples: list) -> None:
     print(f"raw numbers saved to {path}")
 
 
+def fmt_value(v: float) -> str:
+    """A measured value for a table cell: no decimals from 100 on."""
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
 def metric_row(rows: list, impls, key: str, invert: bool, fmt_value) -> tuple:
     """The cells of one metric: (text of the medians and ratio columns,
     medians by implementation, ratios ours/reference by implementation).

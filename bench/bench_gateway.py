@@ -368,14 +368,6 @@ def worker(impl: str, case: str, quick: bool) -> dict:
 # -- driver -------------------------------------------------------------------------
 
 
-def fmt_value(v: float) -> str:
-    if v >= 100:
-        return f"{v:,.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
 def report(results: dict, cases: list) -> dict:
     """Prints a table per case; returns the summary for --json."""
     summary = {}
@@ -390,7 +382,7 @@ def report(results: dict, cases: list) -> dict:
         print(f"{'':36} {'unit':>7} {'ours-c':>16} {'ours-py':>16} {IMPLS[2]:>16} "
               f"{'c vs ref':>9} {'py vs ref':>9}")
         for key, label, unit, lower in metrics:
-            cells, med, ratios = C.metric_row(rows, IMPLS, key, lower, fmt_value)
+            cells, med, ratios = C.metric_row(rows, IMPLS, key, lower, C.fmt_value)
             print(f"{label:36} {unit:>7}{cells}")
             summary[case][key] = {"unit": unit, "lower_is_better": lower, "medians": med,
                                   "ratios_faster": ratios}

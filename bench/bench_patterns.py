@@ -328,7 +328,7 @@ def drive(args, cases: list, cwd: str) -> None:
           f"{'c vs ref':>9} {'py vs ref':>9}")
     summary = {}
     for case in cases:
-        cells, med, ratios = C.metric_row(results[case], IMPLS, "calls_s", False, fmt_value)
+        cells, med, ratios = C.metric_row(results[case], IMPLS, "calls_s", False, C.fmt_value)
         print(f"{case:22}{cells}")
         summary[case] = {"medians": med, "ratios_faster": ratios}
         problems = C.report_problems(results[case], IMPLS)
@@ -339,10 +339,6 @@ def drive(args, cases: list, cwd: str) -> None:
         meta = {"rounds": args.rounds, "calls": args.calls, "cases": cases, "venv": str(venv),
                 "at_start": load_start}
         C.save_json(args.json, meta, summary, samples)
-
-
-def fmt_value(v: float) -> str:
-    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
 if __name__ == "__main__":
