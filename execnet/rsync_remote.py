@@ -188,6 +188,22 @@ def _remove(path, st=None):
         os.unlink(path)
 
 
+def _plausible_file_item(mode, mtime, size):
+    """Whether a file item's fields have the types and ranges a sender
+    produces: a st_mode (or None for a vanished file), a time and a size."""
+
+    def integer(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if mode is None:
+        return True
+    if not integer(mode) or not 0 <= mode < 1 << 32:
+        return False
+    if not (integer(mtime) or isinstance(mtime, float)) or not -1e18 < mtime < 1e18:
+        return False
+    return integer(size) and size >= 0
+
+
 def _lstat(path):
     try:
         return os.lstat(path)
@@ -352,10 +368,20 @@ class Receiver:
                     self.fail("/".join([*components, name]), exc)
 
     def file(self, path, components, st, item):
-        if len(item) != 3:
+        if len(item) != 3 or not _plausible_file_item(*item):
             raise ValueError(f"rsync: bad file item {item!r}")
         mode, mtime, size = item
         relpath = "/".join(components)
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            # a hard link to a file elsewhere: writing or chmod-ing it would
+            # change the other name too, so it is replaced unless up to date
+            if (st.st_size, st.st_mtime) != (size, mtime) or (mode and mode != st.st_mode):
+                try:
+                    _remove(path, st)
+                except OSError as exc:
+                    self.fail(relpath, exc)
+                    return
+                st = None
         if mode is None:
             # the source vanished before the sender could look at it
             if self.delete and st is not None:

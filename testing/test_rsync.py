@@ -12,6 +12,7 @@ import os
 import resource
 import shlex
 import signal
+import stat
 import sys
 import textwrap
 
@@ -1152,3 +1153,54 @@ def test_receiver_source_needs_only_the_standard_library():
         source = f.read()
     assert "import execnet" not in source and "from execnet" not in source
     assert sys.modules["execnet.rsync_remote"] is rsync_remote
+
+
+@pytest.mark.parametrize("how", ["sent", "in pieces", "copied", "mode only"])
+def test_receiver_does_not_write_through_a_hard_link(group, dirs, monkeypatch, how):
+    # a destination file that is a hard link to a file elsewhere gets a new
+    # inode of its own: the other name keeps its content and its mode
+    if how != "copied":
+        monkeypatch.setenv(rsync.LOCAL_ENV, "0")
+    if how == "in pieces":
+        monkeypatch.setattr(rsync, "PIECE_SIZE", 4096)
+    source, dest, _ = dirs
+    outside = dest.parent / "outside"
+    data = os.urandom(10_000) if how == "in pieces" else b"new content"
+    write(source / "f", data)
+    dest.mkdir()
+    if how == "mode only":
+        outside.write_bytes(data)
+        st = os.stat(source / "f")
+        os.utime(outside, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.chmod(source / "f", 0o600)
+        os.chmod(outside, 0o644)
+    else:
+        outside.write_bytes(b"untouched")
+    os.link(outside, dest / "f")
+    before = (outside.read_bytes(), stat.S_IMODE(os.stat(outside).st_mode))
+    sync(source, (group.makegateway("popen"), dest))
+    assert (outside.read_bytes(), stat.S_IMODE(os.stat(outside).st_mode)) == before
+    assert (dest / "f").read_bytes() == data
+    assert os.stat(dest / "f").st_nlink == 1
+    if how == "mode only":
+        assert stat.S_IMODE(os.stat(dest / "f").st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        ("rw", 0.0, 3),
+        (2**70, 0.0, 3),
+        (-1, 0.0, 3),
+        (0o100644, "yesterday", 3),
+        (0o100644, 1e400, 3),
+        (0o100644, 0.0, "3"),
+        (0o100644, 0.0, -3),
+        (True, 0.0, 3),
+    ],
+)
+def test_receiver_refuses_a_file_item_of_bad_types(gw1, tmp_path, item):
+    dest = tmp_path / "dest"
+    error = hostile(gw1, dest, [[0o40755, "f"], item])
+    assert error is not None and "bad file item" in error
+    assert not dest.exists() or os.listdir(dest) == []
