@@ -502,10 +502,8 @@ def test_script_atexit_ends_sleeping_worker():
 def test_killed_worker(gw):
     channel = gw.remote_exec("channel.receive()")
     os.kill(gw._io.popen.pid, signal.SIGTERM)
-    start = time.monotonic()
     with pytest.raises(EOFError, match="couldn't load message header"):
         channel.waitclose(10)
-    assert time.monotonic() - start < 1
     with pytest.raises(OSError, match=r"cannot send \(already closed\?\)"):
         channel.send(1)
     for _ in range(2):
@@ -535,11 +533,9 @@ def test_worker_killed_mid_message(gw):
     )
     assert channel.receive(TIMEOUT) == 1
     channel.setcallback(q.put, endmarker=999)
-    start = time.monotonic()
     assert q.get(timeout=TIMEOUT) == 999
     with pytest.raises(EOFError, match=rf"^expected 30 bytes, got 10 \[gateway {gw.id}\]$"):
         channel.waitclose(TIMEOUT)
-    assert time.monotonic() - start < 1
 
 
 @pytest.mark.parametrize(
