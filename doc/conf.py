@@ -38,7 +38,8 @@ myst_enable_extensions = ["colon_fence"]
 
 # No network: no intersphinx, no remote images.
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# undoc-members: a public method without a docstring is listed all the same
+autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
 
 # The doctests start real interpreters: what a page leaves in the default
 # group is terminated after the page.
