@@ -13,6 +13,7 @@ import ast
 import importlib
 import inspect
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,72 @@ def test_stubtest_agrees_with_the_extensions(tmp_path: Path) -> None:
                           timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success: no issues found in 2 modules" in proc.stdout, proc.stdout
+
+
+def stub_methods(tree: ast.Module, cls_name: str) -> dict[str, ast.arguments]:
+    node = stub_class(tree, cls_name)
+    return {item.name: item.args for item in node.body
+            if isinstance(item, ast.FunctionDef) and item.name not in ("__new__", "__init__")
+            and "property" not in decorator_names(item)}
+
+
+def runtime_instances(stack: list) -> dict[str, object]:
+    """One instance of each C type, made without any IO (the connection is
+    not started, the session does no handshake)."""
+    from execnet import _execnet
+    from execnet import _ssh
+
+    rfd, wfd = os.pipe()  # owned by the connection from here on
+    a, b = socket.socketpair()
+    stack.append(b)
+    instances = {
+        "Event": _execnet.Event(),
+        "ItemQueue": _execnet.ItemQueue(),
+        "Connection": _execnet.Connection(rfd, wfd, lambda *args: None),
+        "SshSession": _ssh.SshSession(a.detach(), 1.0),
+    }
+    stack.append(instances)
+    return instances
+
+
+def test_stub_parameter_kinds_hold_for_methods_without_runtime_signature() -> None:
+    """stubtest cannot read the signature of a C method without a signature
+    line in its docstring: what the stub says of its parameters is checked
+    by calls that fail before the method runs."""
+    trees = {name.rsplit(".", 1)[1]: stub_tree(name) for name in MODULES}
+    for name in MODULES:
+        runtime_module(name)
+    stack: list = []
+    try:
+        instances = runtime_instances(stack)
+        checked = 0
+        for cls_name, obj in instances.items():
+            module = "_ssh" if cls_name == "SshSession" else "_execnet"
+            for method, args in stub_methods(trees[module], cls_name).items():
+                bound = getattr(obj, method)
+                params = [a.arg for a in args.posonlyargs + args.args][1:]  # without self
+                # each call is refused before the method does anything:
+                # more arguments than any method takes, or a keyword that
+                # none has
+                if not params:
+                    with pytest.raises(TypeError, match="takes no arguments"):
+                        bound(*[None] * 7)
+                else:
+                    with pytest.raises(TypeError) as refused:
+                        bound(*[None] * 7)
+                    assert "takes no arguments" not in str(refused.value), method
+                    if args.posonlyargs[1:]:
+                        with pytest.raises(TypeError, match="takes no keyword arguments"):
+                            bound(no_such_parameter=None)
+                    else:
+                        with pytest.raises(TypeError, match="(unexpected|invalid) keyword"):
+                            bound(no_such_parameter=None)
+                checked += 1
+        assert checked == sum(len(stub_methods(trees[m], c)) for m, c in
+                              [("_execnet", "Event"), ("_execnet", "ItemQueue"),
+                               ("_execnet", "Connection"), ("_ssh", "SshSession")])
+    finally:
+        for item in stack:
+            if isinstance(item, socket.socket):
+                item.close()
+        stack.clear()
