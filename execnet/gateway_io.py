@@ -113,6 +113,8 @@ RIO_CLOSE_WRITE = 4
 class Popen2IOMaster(Popen2IO):
     """The pipes to a child process running the worker."""
 
+    remoteaddress: str  # set for ssh= and vagrant_ssh= children
+
     def __init__(self, args, execmodel):
         PIPE = execmodel.subprocess.PIPE
         self.popen = execmodel.subprocess.Popen(args, stdout=PIPE, stdin=PIPE)
@@ -212,7 +214,7 @@ class ProxyIO:
         return "<RemoteIO via %s>" % (self._proxy_channel.gateway.id,)
 
 
-class _ReceivedSpec(dict):
+class _ReceivedSpec(dict):  # type: ignore[type-arg]  # (dict[...] fails at run time on 3.8)
     """A spec received as a dict: missing keys read as None."""
 
     def __getattr__(self, name):

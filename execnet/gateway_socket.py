@@ -17,10 +17,12 @@ class SocketSecretError(ConnectionError):
 class SocketIO:
     """Byte transport over a connected socket."""
 
+    remoteaddress: str  # "host:port"
+
     def __init__(self, sock, execmodel) -> None:
         self.sock = sock
         self.execmodel = execmodel
-        self._closed: set = set()
+        self._closed: set[str] = set()
         socket = execmodel.socket
         try:
             # IPTOS_LOWDELAY

@@ -24,9 +24,9 @@ from .gateway_base import Popen2IO
 from .gateway_bootstrap import HostNotFound
 
 try:
-    from . import _ssh  # type: ignore[attr-defined]
+    from . import _ssh
 except ImportError:  # built without libssh2
-    _ssh = None
+    _ssh = None  # type: ignore[assignment]
 
 # True when the native transport was built
 HAVE_NATIVE = _ssh is not None
@@ -119,10 +119,10 @@ class SshTarget:
         self.hostname: Any = None  # str once resolved
         self.user: Any = None
         self.port: Any = None  # as written, an int once resolved
-        self.identities: list = []  # -i files, then IdentityFile ones
+        self.identities: list[str] = []  # -i files, then IdentityFile ones
         self.config_file: Any = None
-        self.options: dict = {}  # -o options, lower-case keys
-        self.unsupported: list = []  # reasons to use the ssh program
+        self.options: dict[str, Any] = {}  # -o options, lower-case keys
+        self.unsupported: list[str] = []  # reasons to use the ssh program
 
     def __repr__(self) -> str:
         return f"<SshTarget {self.user}@{self.hostname}:{self.port}>"
@@ -182,7 +182,7 @@ def parse_ssh_value(value: str) -> SshTarget:
     return target
 
 
-def _config_words(line: str) -> list:
+def _config_words(line: str) -> list[str]:
     """A config line as [keyword, argument...] ("Key=Value" allowed)."""
     line = line.strip()
     if not line or line.startswith("#"):
@@ -195,7 +195,7 @@ def _config_words(line: str) -> list:
     return words
 
 
-def _split_args(text: str) -> list:
+def _split_args(text: str) -> list[str]:
     try:
         return shlex.split(text, comments=False, posix=True)
     except ValueError:
@@ -211,7 +211,7 @@ def _wildcard_match(pattern: str, text: str) -> bool:
     return re.fullmatch(regex, text, re.DOTALL) is not None
 
 
-def host_matches(patterns: list, host: str) -> bool:
+def host_matches(patterns: list[str], host: str) -> bool:
     """True if host matches a Host line's patterns: some pattern matches
     and no negated one does (``*`` and ``?`` wildcards)."""
     matched = False
@@ -227,7 +227,7 @@ def host_matches(patterns: list, host: str) -> bool:
     return matched
 
 
-def read_ssh_config(path, host: str) -> tuple:
+def read_ssh_config(path, host: str) -> tuple[dict[str, Any], list[str]]:
     """The options of the config file at path that apply to host.
 
     Returns (options, unsupported): options maps lower-case keywords to
@@ -235,8 +235,8 @@ def read_ssh_config(path, host: str) -> tuple:
     GlobalKnownHostsFile to lists of all values); unsupported lists the
     applying keywords the native transport cannot honour.
     """
-    options: dict = {}
-    unsupported: list = []
+    options: dict[str, Any] = {}
+    unsupported: list[str] = []
     applies = True
     with open(os.path.expanduser(str(path)), encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -377,7 +377,7 @@ def choose_transport(spec, target: SshTarget | None = None) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _known_hosts_files(target: SshTarget) -> tuple:
+def _known_hosts_files(target: SshTarget) -> tuple[list[str], list[str]]:
     """(user files, global files) to check the host key against."""
     user = target.options.get("userknownhostsfile") or [
         "~/.ssh/known_hosts",
@@ -453,12 +453,12 @@ def _known_host_matches(field: str, name: str) -> bool:
     return host_matches([field], name)
 
 
-def known_key_types(target: SshTarget) -> list:
+def known_key_types(target: SshTarget) -> list[str]:
     """The key types recorded for target in its known-hosts files, in the
     order first seen."""
     name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
     user_files, global_files = _known_hosts_files(target)
-    kinds: list = []
+    kinds: list[str] = []
     for path in user_files + global_files:
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
@@ -490,7 +490,7 @@ _HOSTKEY_DEFAULT = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
 _supported_hostkey_algorithms = None
 
 
-def supported_hostkey_algorithms() -> list:
+def supported_hostkey_algorithms() -> list[str]:
     """The host key algorithms of our libssh2 (empty without it)."""
     global _supported_hostkey_algorithms
     if _supported_hostkey_algorithms is None:
@@ -512,7 +512,7 @@ def _checkable(kind: str) -> bool:
 def hostkey_preference(target: SshTarget) -> str:
     """The host key algorithms to offer, those of recorded keys first (as
     OpenSSH does), so that the server shows the key we can check."""
-    order: list = []
+    order: list[str] = []
     for kind in known_key_types(target):
         order += [a for a in _HOSTKEY_ALGORITHMS.get(kind, []) if a not in order]
     order += [a for a in _HOSTKEY_DEFAULT if a not in order]
@@ -612,20 +612,20 @@ class _Shared:
     def __init__(self, key, session) -> None:
         self.key = key
         self.session = session
-        self.channels: set = set()
+        self.channels: set[int] = set()
         self.opening = 0  # channels being opened on it
 
 
 # target -> the session new channels go to; _open: every open session (one
 # that sshd refused more channels on stays open for the channels it has);
 # _target_locks: one connection attempt per target at a time
-_registry: dict = {}
-_open: set = set()
-_target_locks: dict = {}
+_registry: dict[tuple[Any, ...], _Shared] = {}
+_open: set[_Shared] = set()
+_target_locks: dict[tuple[Any, ...], threading.Lock] = {}
 _registry_lock = threading.Lock()
 
 
-def _session_key(spec, target: SshTarget) -> tuple:
+def _session_key(spec, target: SshTarget) -> tuple[Any, ...]:
     return (
         target.user,
         target.hostname,
@@ -715,7 +715,7 @@ def release(shared: _Shared, chan_id: int) -> None:
 
 # A forked child has the sessions but not their pump threads: it forgets
 # them (and keeps them from being freed, which would join those threads).
-_forked_leftovers: list = []
+_forked_leftovers: list[_Shared] = []
 
 
 def _forget_sessions_in_child() -> None:
@@ -731,7 +731,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_sessions_in_child)
 
 
-def shared_sessions() -> list:
+def shared_sessions() -> list[tuple[str, str, int, int]]:
     """The sessions currently open: (user, host, port, channel count)."""
     with _registry_lock:
         return sorted((s.key[0], s.key[1], s.key[2], len(s.channels)) for s in _open)
@@ -790,7 +790,7 @@ def create_io(spec, execmodel):
         except NativeUnsupported as exc:
             target = SshTarget()
             target.unsupported.append(str(exc))
-    if choose_transport(spec, target) == "native":
+    if choose_transport(spec, target) == "native" and target is not None:
         return SshNativeIO(spec, target, execmodel)
     io = gateway_io.Popen2IOMaster(gateway_io.ssh_args(spec), execmodel)
     io.remoteaddress = spec.ssh

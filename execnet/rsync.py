@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
     from typing import Callable
 
+    from .gateway import Gateway
     from .gateway_base import BaseGateway
 
 # Files at least this large go out in pieces of this size to receivers that
@@ -95,7 +96,7 @@ class _Target:
         self.finishedcallback = finishedcallback
         self.stream = False  # the receiver accepts pieces and reports failures
         self.local = False  # ... and copies files from our source itself
-        self.sizes: dict = {}  # relative path -> bytes requested
+        self.sizes: dict[str, int] = {}  # relative path -> bytes requested
         self.listed = False
 
 
@@ -158,13 +159,13 @@ class RSync:
         if progress is None:
             progress = os.environ.get(PROGRESS_ENV, "") not in ("", "0")
         self._progress_wanted = bool(progress)
-        self._targets: dict = {}  # channel -> _Target
+        self._targets: dict[Any, _Target] = {}  # channel -> _Target
         import queue  # here: importing execnet (every worker does) stays cheaper
 
-        self._receivequeue: queue.Queue = queue.Queue()
-        self._links: list = []
-        self._failures: list = []
-        self._errors: list = []
+        self._receivequeue: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self._links: list[tuple[str, str, str]] = []
+        self._failures: list[tuple[Any, str, str]] = []
+        self._errors: list[BaseException] = []
 
     def filter(self, path: str) -> bool:
         """Whether to synchronise the entry at path (a full source path)."""
@@ -172,7 +173,7 @@ class RSync:
 
     def add_target(
         self,
-        gateway: BaseGateway,
+        gateway: Gateway,
         destdir: str | os.PathLike[str],
         finishedcallback: Callable[[], object] | None = None,
         **options: bool,
@@ -192,7 +193,7 @@ class RSync:
             receivequeue.put((channel, item))
 
         channel.setcallback(itemcallback, endmarker=None)
-        wire_options = dict(options)
+        wire_options: dict[str, object] = dict(options)
         wire_options[STREAM_OPTION] = STREAM_VERSION
         local = self._local_offer()
         if local is not None:

@@ -17,6 +17,10 @@ import stat
 import sys
 import time
 
+TYPE_CHECKING = False  # (typing is not imported at run time)
+if TYPE_CHECKING:
+    from typing import Any, Deque
+
 # the option a master sets to offer our extensions, and our answer
 STREAM_OPTION = "xn-stream"
 STREAM_VERSION = 1
@@ -219,7 +223,7 @@ class _Pool:
         import queue
         import threading
 
-        self.jobs = queue.Queue(maxsize=4 * nthreads)
+        self.jobs: "queue.Queue[Any]" = queue.Queue(maxsize=4 * nthreads)
         self.done = done  # relpaths written (a deque: append is thread-safe)
         self.failures = []  # (relpath, exception)
         self.threads = [threading.Thread(target=self.work) for _ in range(nthreads)]
@@ -286,7 +290,7 @@ class Receiver:
         self.acked = 0.0
         self.copying = []  # files being copied locally, not yet announced
         self.batch = []  # jobs for the writer threads, not yet handed over
-        self.written = collections.deque()  # files written, not yet acked
+        self.written: "Deque[str]" = collections.deque()  # files written, not yet acked
         self.pool = None
         self.nthreads = 0
         if _threads_allowed(channel):

@@ -85,7 +85,7 @@ class XSpec:
 
     def __eq__(self, other: object) -> bool:
         try:
-            other_spec = other._spec
+            other_spec: object = getattr(other, "_spec")
         except AttributeError:
             return False
         return self._spec == other_spec

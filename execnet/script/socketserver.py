@@ -45,6 +45,10 @@ import socket
 import sys
 import threading
 
+TYPE_CHECKING = False  # (typing is not imported at run time)
+if TYPE_CHECKING:
+    from typing import List
+
 PROGRESS_PREFIX = "socket_readline_exec_server-1.2"
 
 # upper bound for the length of the source line (the worker core is far
@@ -262,7 +266,7 @@ def exec_from_one_connection(serversock, execmodel, accepted=None, done=None, se
         clientsock, address = serversock.accept()
     else:
         clientsock, address = accepted
-    finished = []
+    finished: "List[bool]" = []
 
     def finish():
         if finished:
