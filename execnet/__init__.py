@@ -3,18 +3,18 @@
 A drop-in for the pure-Python execnet with its hot paths in C.
 """
 
+from .backend import BACKEND
+from .backend import dump
+from .backend import dumps
+from .backend import load
+from .backend import loads
 from .gateway import Gateway
-from .gateway_base import BACKEND
 from .gateway_base import Channel
 from .gateway_base import DataFormatError
 from .gateway_base import DumpError
 from .gateway_base import LoadError
 from .gateway_base import RemoteError
 from .gateway_base import TimeoutError
-from .gateway_base import dump
-from .gateway_base import dumps
-from .gateway_base import load
-from .gateway_base import loads
 from .gateway_bootstrap import HostNotFound
 from .multi import Group
 from .multi import MultiChannel

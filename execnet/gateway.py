@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import types
 
+from . import backend
 from . import gateway_base
 from .gateway_base import Message
-from .gateway_base import dumps_internal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from .xspec import XSpec
 
 
-class Gateway(gateway_base.BaseGateway):
+if TYPE_CHECKING:
+    _ChosenBaseGateway = gateway_base.BaseGateway
+else:
+    _ChosenBaseGateway = backend.BaseGateway
+
+
+class Gateway(_ChosenBaseGateway):
     """A connection to one remote interpreter (made by makegateway)."""
 
     def __init__(self, io: Any, spec: XSpec) -> None:
@@ -27,6 +33,8 @@ class Gateway(gateway_base.BaseGateway):
 
     @property
     def remoteaddress(self):
+        """The address of the remote end, as its IO knows it (a socket's
+        ``(host, port)``; for a ``via=`` gateway, asked of the gateway in the middle)."""
         return self._io.remoteaddress
 
     def __repr__(self) -> str:
@@ -63,7 +71,7 @@ class Gateway(gateway_base.BaseGateway):
     def reconfigure(self, py2str_as_py3str: bool = True, py3str_as_py2str: bool = False) -> None:
         """Set the string coercion for channels created from now on, both sides."""
         self._strconfig = (py2str_as_py3str, py3str_as_py2str)
-        self._send(Message.RECONFIGURE, data=dumps_internal(self._strconfig))
+        self._send(Message.RECONFIGURE, data=self._dumps(self._strconfig))
 
     def _rinfo(self, update: bool = False) -> RInfo:
         """Facts about the remote interpreter (cached)."""
@@ -91,10 +99,14 @@ class Gateway(gateway_base.BaseGateway):
     def remote_exec(
         self, source: str | types.ModuleType | Callable[..., object], **kwargs: object
     ) -> gateway_base.Channel:
-        """Run source remotely; return the channel connected to it.
+        """Run source in the remote interpreter; return the channel whose
+        other end the remote code sees as ``channel``.
 
-        source is a string (dedented), a module (its source file) or a
-        pure function, which is called as ``function(channel, **kwargs)``.
+        :param source: a string of code (dedented first), a module (its
+            source is run) or a pure function, called remotely as
+            ``function(channel, **kwargs)``; a function must not use names
+            from its enclosing scope.
+        :param kwargs: for a function only; values ``dumps()`` accepts.
         """
         call_name = None
         filename = None
@@ -104,7 +116,7 @@ class Gateway(gateway_base.BaseGateway):
             import linecache
 
             filename = inspect.getsourcefile(source)
-            linecache.updatecache(filename)  # see edits made since last time
+            linecache.updatecache(filename or "")  # see edits made since last time
             source = inspect.getsource(source)
         elif isinstance(source, types.FunctionType):
             call_name = source.__name__
@@ -113,7 +125,7 @@ class Gateway(gateway_base.BaseGateway):
             source = _dedent(str(source))
         if call_name is None and kwargs:
             raise TypeError("can't pass kwargs to non-function remote_exec")
-        data = dumps_internal((source, filename, call_name, kwargs))
+        data = self._dumps((source, filename, call_name, kwargs))
         channel = self.newchannel()
         self._send(Message.CHANNEL_EXEC, channel.id, data)
         return channel
@@ -157,6 +169,8 @@ RemoteStatus = RInfo
 
 
 def rinfo_source(channel) -> None:
+    """remote_exec task of ``_rinfo()``: send the remote interpreter's
+    executable, version, platform, working directory and pid as a dict."""
     import os
     import sys
 

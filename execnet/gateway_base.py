@@ -1,9 +1,9 @@
 """execnet's portable core: the serializer, framing, channels and the worker.
 
 This module is self-contained (standard library only) because its source is
-what a remote interpreter without our extension executes.  When it is
-imported as ``execnet.gateway_base`` and the C extension loads, the hot
-paths are replaced by their C twins; ``BACKEND`` says which are active.
+what a remote interpreter without our extension executes.  It knows nothing
+of the C core: ``execnet/_native.py`` subclasses what the C core serves, and
+``execnet/backend.py`` chooses, once, which of the two the package uses.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import weakref
 # For type checkers only: importing typing would slow down every worker start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import CodeType
     from typing import Any
     from typing import Callable
 
 # --------------------------------------------------------------------------
-# serializer (WIRE.md §7, doc/serializer.md)
+# serializer (the format: doc/protocol.md, doc/serializer.md)
 # --------------------------------------------------------------------------
 
 DUMPFORMAT_VERSION = b"\x02"
@@ -38,11 +39,13 @@ _READ_CHUNK = 1 << 20
 
 
 def bchr(n: int) -> bytes:
+    """The single byte with value n."""
     return bytes([n])
 
 
 class DataFormatError(Exception):
-    pass
+    """Serialized data that does not follow the format (base of DumpError
+    and LoadError)."""
 
 
 class DumpError(DataFormatError):
@@ -86,21 +89,21 @@ _pack_double = struct.Struct("!d").pack
 _pack_complex = struct.Struct("!dd").pack
 
 
-def _put_sized(out: list, op: bytes, data: bytes, what: str) -> None:
+def _put_sized(out: list[bytes], op: bytes, data: bytes, what: str) -> None:
     if len(data) > FOUR_BYTE_INT_MAX:
         raise DumpError(f"{what} is too long")
     # header and data apart: large data is copied once, by the final join
     out += (op + _pack_int32(len(data)), data)
 
 
-def _put_int(out: list, value: int) -> None:
+def _put_int(out: list[bytes], value: int) -> None:
     if FOUR_BYTE_INT_MIN <= value <= FOUR_BYTE_INT_MAX:
         out.append(b"F" + _pack_int32(value))
     else:
         _put_sized(out, b"H", str(value).encode("ascii"), "string")
 
 
-def _put_str(out: list, value: str) -> None:
+def _put_str(out: list[bytes], value: str) -> None:
     try:
         data = value.encode("utf-8")
     except UnicodeEncodeError:
@@ -118,7 +121,11 @@ _LEAF_ENCODERS = {
     bytes: lambda out, value: _put_sized(out, b"A", value, "string"),
     str: _put_str,
 }
-_COLLECTIONS = {tuple: (b"@", "tuple"), set: (b"O", "set"), frozenset: (b"E", "set")}
+_COLLECTIONS: dict[type, tuple[bytes, str]] = {
+    tuple: (b"@", "tuple"),
+    set: (b"O", "set"),
+    frozenset: (b"E", "set"),
+}
 _SETITEM = (b"P", -1)
 
 
@@ -269,6 +276,8 @@ class Unserializer:
         self._push_depth = self.depths.append
 
     def load(self, versioned: bool = False):
+        """Decode one value; with ``versioned`` first check the dump format's
+        version byte (``loads()``'s data has it, message payloads do not)."""
         if versioned:
             version = self.read(1)
             if version != DUMPFORMAT_VERSION:
@@ -301,7 +310,7 @@ class Unserializer:
         data = self.read(4)
         if len(data) != 4:
             raise EOFError(f"expected 4 bytes, got {len(data)}")
-        (n,) = _unpack_int32(data)
+        n: int = _unpack_int32(data)[0]
         if n < 0:
             raise LoadError(f"negative length {n}")
         return n
@@ -484,10 +493,10 @@ def loads_internal(data, channel_or_gateway=None, strconfig=None):
 
 # --------------------------------------------------------------------------
 # runtime: tracing, exec models, worker pools, framing, channels, gateways
-# (WIRE.md §1-6, LIFECYCLE.md)
+# (frames and messages: doc/protocol.md; threads: doc/architecture.md)
 # --------------------------------------------------------------------------
 
-# tracing (LIFECYCLE.md §9): decided once, when this module is loaded
+# tracing (EXECNET_DEBUG): decided once, when this module is loaded
 
 DEBUG = os.environ.get("EXECNET_DEBUG")
 fn = None  # the trace file's path when tracing goes to a file
@@ -566,6 +575,7 @@ class RemoteError(Exception):
         return f"{self.__class__.__name__}: {self.formatted}"
 
     def warn(self) -> None:
+        """Write this error to stderr as a warning: nobody received it."""
         if self.formatted != INTERRUPT_TEXT:
             sys.stderr.write(f"[{os.getpid()}] Warning: unhandled {self!r}\n")
 
@@ -591,7 +601,7 @@ def geterrortext(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc}"
 
 
-# execution models (API.md §9)
+# execution models: how gateways make threads, locks, queues and files
 
 
 class ExecModel:
@@ -618,91 +628,116 @@ class ExecModel:
 
 
 class ThreadExecModel(ExecModel):
+    """Native threads: the model pytest-xdist and most users run."""
+
     backend = "thread"
 
     @property
     def queue(self):
+        """The ``queue`` module of this model."""
         import queue
 
         return queue
 
     @property
     def subprocess(self):
+        """The ``subprocess`` module of this model."""
         import subprocess
 
         return subprocess
 
     @property
     def socket(self):
+        """The ``socket`` module of this model."""
         import socket
 
         return socket
 
     def start(self, func, args=()) -> None:
+        """Run ``func(*args)`` in a new thread."""
         _thread.start_new_thread(func, tuple(args))
 
     def get_ident(self) -> int:
+        """An id of the calling thread."""
         return _thread.get_ident()
 
     def sleep(self, delay: float) -> None:
+        """Pause the calling thread for delay seconds."""
         time.sleep(delay)
 
     def fdopen(self, fd, mode, bufsize=1, closefd=True):
+        """A file object for descriptor fd (text files are UTF-8)."""
         encoding = None if "b" in mode else "utf-8"
         return os.fdopen(fd, mode, bufsize, encoding=encoding, closefd=closefd)
 
     def Lock(self):
+        """A new lock (reentrant, as execnet's is)."""
         return threading.RLock()
 
     def RLock(self):
+        """A new reentrant lock."""
         return threading.RLock()
 
     def Event(self):
-        # the C core's: the same interface, cheaper, and waits without the GIL
-        return threading.Event() if _core is None else _core.Event()
+        """A new ``threading.Event``."""
+        return threading.Event()
 
 
 class MainThreadOnlyExecModel(ThreadExecModel):
+    """Native threads, but a worker runs every remote_exec task in its main
+    thread, one at a time."""
+
     backend = "main_thread_only"
 
 
 class EventletExecModel(ExecModel):
+    """Green threads of eventlet; gateways of this model run on the portable
+    core."""
+
     backend = "eventlet"
 
     @property
     def queue(self):
+        """eventlet's ``queue`` module."""
         import eventlet.queue
 
         return eventlet.queue
 
     @property
     def subprocess(self):
+        """eventlet's green ``subprocess`` module."""
         import eventlet.green.subprocess
 
         return eventlet.green.subprocess
 
     @property
     def socket(self):
+        """eventlet's green ``socket`` module."""
         import eventlet.green.socket
 
         return eventlet.green.socket
 
     def start(self, func, args=()) -> None:
+        """Run ``func(*args)`` in a new greenlet."""
         import eventlet
 
         eventlet.spawn_n(func, *args)
 
     def get_ident(self) -> int:
+        """An id of the calling greenlet."""
         import eventlet.green.thread
 
-        return eventlet.green.thread.get_ident()
+        ident: int = eventlet.green.thread.get_ident()
+        return ident
 
     def sleep(self, delay: float) -> None:
+        """Pause the calling greenlet for delay seconds."""
         import eventlet
 
         eventlet.sleep(delay)
 
     def fdopen(self, fd, mode, bufsize=1, closefd=True):
+        """A cooperative file object for descriptor fd."""
         import eventlet.green.os
 
         encoding = None if "b" in mode else "utf-8"
@@ -711,69 +746,86 @@ class EventletExecModel(ExecModel):
         )
 
     def Lock(self):
+        """A new green lock."""
         return self.RLock()
 
     def RLock(self):
+        """A new green reentrant lock."""
         import eventlet.green.threading
 
         return eventlet.green.threading.RLock()
 
     def Event(self):
+        """A new green event."""
         import eventlet.green.threading
 
         return eventlet.green.threading.Event()
 
 
 class GeventExecModel(ExecModel):
+    """Green threads of gevent; gateways of this model run on the portable
+    core."""
+
     backend = "gevent"
 
     @property
     def queue(self):
+        """gevent's ``queue`` module."""
         import gevent.queue
 
         return gevent.queue
 
     @property
     def subprocess(self):
+        """gevent's ``subprocess`` module."""
         import gevent.subprocess
 
         return gevent.subprocess
 
     @property
     def socket(self):
+        """gevent's ``socket`` module."""
         import gevent.socket
 
         return gevent.socket
 
     def start(self, func, args=()) -> None:
+        """Run ``func(*args)`` in a new greenlet."""
         import gevent
 
         gevent.spawn(func, *args)
 
     def get_ident(self) -> int:
+        """An id of the calling greenlet."""
         import gevent.thread
 
-        return gevent.thread.get_ident()
+        ident: int = gevent.thread.get_ident()
+        return ident
 
     def sleep(self, delay: float) -> None:
+        """Pause the calling greenlet for delay seconds."""
         import gevent
 
         gevent.sleep(delay)
 
     def fdopen(self, fd, mode, bufsize=1, closefd=True):
+        """A cooperative file object for descriptor fd."""
         import gevent.fileobject
 
         return gevent.fileobject.FileObjectThread(fd, mode, bufsize, closefd=closefd)
 
     def Lock(self):
+        """A new gevent lock."""
         return self.RLock()
 
     def RLock(self):
+        """A new gevent reentrant lock."""
         import gevent.lock
 
         return gevent.lock.RLock()
 
     def Event(self):
+        """A new gevent event."""
         import gevent.event
 
         return gevent.event.Event()
@@ -788,7 +840,7 @@ _EXECMODELS = {
 _THREAD_BACKENDS = ("thread", "main_thread_only")
 
 
-def get_execmodel(backend):
+def get_execmodel(backend: str | ExecModel) -> ExecModel:
     """A new ExecModel for a backend name; an ExecModel is returned as is."""
     if isinstance(backend, ExecModel):
         return backend
@@ -798,7 +850,7 @@ def get_execmodel(backend):
         raise ValueError(f"unknown execmodel {backend!r}") from None
 
 
-# worker pool (API.md §10)
+# worker pool: the threads that run remote_exec tasks
 
 
 class Reply:
@@ -815,6 +867,8 @@ class Reply:
         return f"<Reply {self.task!r}>"
 
     def run(self) -> None:
+        """Call the function (in the calling thread); keep its result or
+        exception for ``get()``."""
         func, args, kwargs = self.task
         try:
             self._result = func(*args, **kwargs)
@@ -852,7 +906,7 @@ class WorkerPool:
         self._lock = execmodel.Lock()
         self._running: set[Reply] = set()
         self._shuttingdown = False
-        self._waiters: list = []  # events set when nothing is running
+        self._waiters: list[Any] = []  # events set when nothing is running
         self._hasprimary = hasprimary
         self._primary_only = hasprimary and execmodel.backend == "main_thread_only"
         self._primary_busy = False
@@ -862,9 +916,13 @@ class WorkerPool:
         self._primary_idle.set()
 
     def active_count(self) -> int:
+        """How many calls are running now."""
         return len(self._running)
 
     def spawn(self, func, *args, **kwargs) -> Reply:
+        """Start ``func(*args, **kwargs)`` (in the primary thread if it is idle,
+        else in a new thread); return its Reply.  ``ValueError`` once the pool
+        shuts down."""
         reply = Reply((func, args, kwargs), self.execmodel)
         while True:
             with self._lock:
@@ -895,21 +953,19 @@ class WorkerPool:
                         event.set()
                     del self._waiters[:]
 
-    def integrate_as_primary_thread(self, reader=None) -> None:
+    def integrate_as_primary_thread(self, idle=None) -> None:
         """Run the calls handed to the primary until the pool shuts down.
 
-        reader, the C core's connection: while idle, this thread reads it
-        itself (Connection.pump), so that a task needs no other thread to
-        wake this one.
+        :param idle: called as ``idle(wakeup)`` whenever this thread has no
+            task, before it waits for one; it may do other work until the
+            event ``wakeup`` is set (a task came) and then return.
         """
         if not self._hasprimary:
             raise ValueError("pool has no primary thread")
         wakeup = self._primary_wakeup
         while True:
-            while reader is not None and not wakeup.is_set():
-                mark = reader.dispatched  # before looking: nothing is missed
-                if not wakeup.is_set() and not reader.pump(mark):
-                    reader = None  # reading ended
+            if idle is not None and not wakeup.is_set():
+                idle(wakeup)
             wakeup.wait()
             with self._lock:
                 reply = self._primary_task
@@ -947,11 +1003,13 @@ class WorkerPool:
             self._primary_idle.set()
 
     def terminate(self, timeout=None) -> bool:
+        """Shut down and wait (at most timeout seconds) for the running calls;
+        True if none is left."""
         self.trigger_shutdown()
         return self.waitall(timeout=timeout)
 
 
-# IO and message framing (WIRE.md §1, §4)
+# IO and message framing: a 9-byte header (msgcode, channel id, length; doc/protocol.md)
 
 _header = struct.Struct("!bii")
 HEADER_SIZE = _header.size
@@ -985,15 +1043,18 @@ class Popen2IO:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def write(self, data: bytes) -> None:
+        """Write all of data (bytes) and flush."""
         if not isinstance(data, bytes):
             raise TypeError(f"expected bytes, got {type(data).__name__}")
         self._out.write(data)
         self._out.flush()
 
     def close_read(self) -> None:
+        """Close the file we read from."""
         self.infile.close()
 
     def close_write(self) -> None:
+        """Close the file we write to: the peer reads the end."""
         self.outfile.close()
 
     def native_fds(self):
@@ -1046,7 +1107,7 @@ class Message:
     CHANNEL_LAST_MESSAGE = 7
 
     # code -> (name, handler(message, gateway)); filled in below
-    _types: dict = {}
+    _types: dict[int, tuple[str, Callable[[Message, Any], None]]] = {}
 
     def __init__(self, msgcode: int, channelid: int = 0, data: bytes = b"") -> None:
         self.msgcode = msgcode
@@ -1055,12 +1116,15 @@ class Message:
 
     @staticmethod
     def from_io(io) -> Message:
+        """Read one message (its frame) from io."""
         return Message(*_read_frame(io))
 
     def to_io(self, io) -> None:
+        """Write this message to io as one frame."""
         io.write(_frame(self.msgcode, self.channelid, self.data))
 
     def received(self, gateway) -> None:
+        """Act on this message for gateway (in its receiving thread)."""
         self._types[self.msgcode][1](self, gateway)
 
     def __repr__(self) -> str:
@@ -1076,12 +1140,12 @@ def _status(message, gateway) -> None:
         "numexecuting": execpool.active_count() if execpool else 0,
         "execmodel": gateway.execmodel.backend,
     }
-    gateway._send(Message.CHANNEL_DATA, message.channelid, dumps_internal(status))
+    gateway._send(Message.CHANNEL_DATA, message.channelid, gateway._dumps(status))
     gateway._send(Message.CHANNEL_CLOSE, message.channelid)
 
 
 def _reconfigure(message, gateway) -> None:
-    strconfig = tuple(loads_internal(message.data, gateway))
+    strconfig = tuple(gateway._loads(message.data, gateway))
     if message.channelid == 0:
         gateway._strconfig = strconfig
     else:
@@ -1098,7 +1162,7 @@ def _gateway_terminate(message, gateway) -> None:
 def _channel_exec(message, gateway) -> None:
     channel = gateway._channelfactory.new(message.channelid)
     # the task's strings are str whatever the gateway's string coercion
-    task = loads_internal(message.data, gateway, (True, False))
+    task = gateway._loads(message.data, gateway, (True, False))
     gateway._local_schedulexec(channel, task)
 
 
@@ -1111,7 +1175,7 @@ def _channel_close(message, gateway) -> None:
 
 
 def _channel_close_error(message, gateway) -> None:
-    text = loads_internal(message.data)
+    text = gateway._loads(message.data)
     if not isinstance(text, str):
         raise DataFormatError(
             f"invalid message: CHANNEL_CLOSE_ERROR carries {type(text).__name__}"
@@ -1135,7 +1199,7 @@ Message._types = {
 }
 
 
-# channels (API.md §6, WIRE.md §6)
+# channels (their messages: doc/protocol.md)
 
 
 def _new_item_queue(execmodel):
@@ -1149,7 +1213,8 @@ def _new_item_queue(execmodel):
 
 
 class Channel:
-    """One end of a bidirectional, ordered stream of items."""
+    """One end of a bidirectional, ordered stream of items between two
+    gateways; made by ``Gateway.newchannel()`` or ``remote_exec()``."""
 
     RemoteError = RemoteError
     TimeoutError = TimeoutError
@@ -1160,21 +1225,19 @@ class Channel:
     _detachable = True
     _detached = False
 
-    _native = False  # items are queued by the C core's IO thread
-
     def __init__(self, gateway, id: int) -> None:
         self.gateway = gateway
         self.id = id
-        conn = getattr(gateway, "_conn", None)
-        if conn is None:
-            self._items = _new_item_queue(gateway.execmodel)  # None with a callback
-        else:
-            self._items = conn.queue(id, ENDMARKER)
-            self._native = True
+        self._items = self._new_items()  # None once a callback is set
         self._closed = False
         self._receiveclosed = gateway.execmodel.Event()
-        self._remoteerrors: list = []
+        self._remoteerrors: list[RemoteError] = []
         self._strconfig = getattr(gateway, "_strconfig", (True, False))
+        self._dumps = getattr(gateway, "_dumps", dumps_internal)
+
+    def _new_items(self):
+        """The queue that received items wait in until receive() takes them."""
+        return _new_item_queue(self.gateway.execmodel)
 
     def __repr__(self) -> str:
         state = "closed" if self.isclosed() else "open"
@@ -1201,6 +1264,8 @@ class Channel:
                 pass  # also for gateways that can't send (tests use such)
 
     def isclosed(self) -> bool:
+        """True once this end is closed: by ``close()``, or because the peer
+        closed it (an end that only stopped receiving is not closed)."""
         return self._closed
 
     def _getremoteerror(self):
@@ -1209,6 +1274,13 @@ class Channel:
         return getattr(self.gateway, "_error", None)
 
     def makefile(self, mode: str = "w", proxyclose: bool = False):
+        """A file-like object over this channel.
+
+        :param mode: ``"w"``: ``write(data)`` sends data as one item;
+            ``"r"``: ``read(n)`` and ``readline()`` over the received items
+            (``str`` or ``bytes``), ``""`` once the channel ended.
+        :param proxyclose: whether closing the file closes the channel.
+        """
         if mode == "w":
             return ChannelFileWrite(channel=self, proxyclose=proxyclose)
         if mode == "r":
@@ -1218,32 +1290,20 @@ class Channel:
     def setcallback(
         self, callback: Callable[[Any], object], endmarker: object = NO_ENDMARKER_WANTED
     ) -> None:
-        """Pass every item, from now on, to callback instead of the queue."""
+        """Pass every received item to ``callback(item)`` from now on, in the
+        thread that receives, instead of queueing it for ``receive()``.
+
+        Items that were already queued go to the callback first, in order.
+        If ``endmarker`` is given, ``callback(endmarker)`` is called once
+        when the channel ends.  A second callback raises ``OSError``.
+        """
         with self.gateway._receivelock:
             items = self._items
             if items is None:
                 raise OSError(f"{self!r} has callback already registered")
             self._items = None
-            if self._native:
-                payloads, ended = items.pass_on()
-                for data in payloads:
-                    callback(loads_internal(data, self))
-                if ended:
-                    if endmarker is not NO_ENDMARKER_WANTED:
-                        callback(endmarker)
-                    return
-            empty = self.gateway.execmodel.queue.Empty
-            while not self._native:
-                try:
-                    item = items.get(block=False)
-                except empty:
-                    break
-                if item is ENDMARKER:
-                    items.put(item)  # other receivers see the end too
-                    if endmarker is not NO_ENDMARKER_WANTED:
-                        callback(endmarker)
-                    return
-                callback(item)
+            if self._pass_on_queued(items, callback, endmarker):
+                return
             if not (self._closed or self._receiveclosed.is_set()):
                 self.gateway._channelfactory._callbacks[self.id] = (
                     callback,
@@ -1251,14 +1311,37 @@ class Channel:
                     self._strconfig,
                 )
 
+    def _pass_on_queued(self, items, callback, endmarker) -> bool:
+        """Give the items queued so far to callback; True if the end was
+        among them (then the callback had the endmarker, if one is wanted)."""
+        empty = self.gateway.execmodel.queue.Empty
+        while True:
+            try:
+                item = items.get(block=False)
+            except empty:
+                return False
+            if item is ENDMARKER:
+                items.put(item)  # other receivers see the end too
+                if endmarker is not NO_ENDMARKER_WANTED:
+                    callback(endmarker)
+                return True
+            callback(item)
+
     def close(self, error: object = None) -> None:
-        """Close this end; with an error text the peer gets a RemoteError."""
+        """Close this end; nothing can be sent on it afterwards.
+
+        :param error: if given (a text), the peer's ``receive()`` and
+            ``waitclose()`` raise a ``RemoteError`` carrying it.
+
+        Closing twice does nothing; closing the channel of a running
+        ``remote_exec`` task from within that task raises ``OSError``.
+        """
         if self._executing:
             raise OSError("cannot explicitly close channel within remote_exec")
         if self._closed:
             self.gateway._trace(self, "ignoring redundant call to close()")
             return
-        data = None if error is None else dumps_internal(error)
+        data = None if error is None else self._dumps(error)
         tell_peer = not self._receiveclosed.is_set()
         if isinstance(error, RemoteError):
             self._remoteerrors.append(error)
@@ -1275,7 +1358,9 @@ class Channel:
             self.gateway._trace(self.id, "sent channel close message")
 
     def waitclose(self, timeout: float | None = None) -> None:
-        """Wait until the peer closed; raise its error if there is one."""
+        """Wait until the peer closed its end (at most ``timeout`` seconds,
+        else ``TimeoutError``); then raise the ``RemoteError`` it closed
+        with, or the error that ended the connection, if there is one."""
         if not self._wait_closed(timeout):
             raise self.TimeoutError(f"Timeout after {timeout!r} seconds")
         error = self._getremoteerror()
@@ -1283,63 +1368,35 @@ class Channel:
             raise error
 
     def _wait_closed(self, timeout: float | None) -> bool:
-        """True once the peer closed, False after timeout seconds. On the C
-        core the waiting thread reads the connection itself meanwhile (as
-        receive() does), so that the close is handled as it arrives, with no
-        other thread to wake; not in the thread that dispatches frames."""
-        closed = self._receiveclosed
-        conn = self.gateway._conn if self._native else None
-        if conn is None or self.gateway._receiver_ident == self.gateway.execmodel.get_ident():
-            return closed.wait(timeout=timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not closed.is_set():
-            mark = conn.dispatched  # before looking: nothing is missed
-            if closed.is_set():
-                break
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            try:
-                if not conn.pump(mark, left):  # reading ended
-                    return closed.wait(timeout=left)
-            except TimeoutError:
-                return closed.is_set()
-        return True
+        """True once the peer closed, False after timeout seconds."""
+        return bool(self._receiveclosed.wait(timeout=timeout))
 
     def send(self, item: object) -> None:
+        """Send item (any value ``dumps()`` accepts, channels included) to
+        the peer; ``OSError`` if this end or the connection is closed."""
         if self._closed:
             raise OSError(f"cannot send to {self!r}")
-        gateway = self.gateway
-        if self._native and gateway._error is None:
-            try:
-                gateway._conn.send(Message.CHANNEL_DATA, self.id, item)
-            except OSError as exc:
-                if type(exc) is not OSError:
-                    raise
-                raise gateway._cannot_send() from exc
-        else:
-            gateway._send(Message.CHANNEL_DATA, self.id, dumps_internal(item))
+        self.gateway._send(Message.CHANNEL_DATA, self.id, self._dumps(item))
 
     def receive(self, timeout: float | None = None) -> Any:
-        """The next item; blocks (at most timeout seconds) until one is there."""
+        """The next item the peer sent, waiting for it if needed.
+
+        :param timeout: seconds to wait at most (``None``: no limit); then
+            ``TimeoutError``.
+
+        Once the channel ended, raises the ``RemoteError`` the peer closed
+        it with (or the error that ended the connection), else
+        ``EOFError``.  Not available while a callback is set (``OSError``).
+        """
         items = self._items
         if items is None:
             raise OSError("cannot receive(), channel has receiver callback")
-        if self._native:
-            # decoded here; the end stays in the queue for every receiver
-            try:
-                item = items.get(timeout, self)
-            except DataFormatError as exc:
-                self.gateway._fail(exc)
-                raise
-        else:
-            try:
-                item = items.get(timeout=timeout)
-            except self.gateway.execmodel.queue.Empty:
-                raise self.TimeoutError(f"no item after {timeout!r} seconds") from None
-            if item is ENDMARKER:
-                items.put(item)  # for the next receive() and other receivers
+        try:
+            item = items.get(timeout=timeout)
+        except self.gateway.execmodel.queue.Empty:
+            raise self.TimeoutError(f"no item after {timeout!r} seconds") from None
         if item is ENDMARKER:
+            items.put(item)  # for the next receive() and other receivers
             raise self._getremoteerror() or EOFError()
         return item
 
@@ -1355,9 +1412,12 @@ class Channel:
     next = __next__
 
     def reconfigure(self, py2str_as_py3str: bool = True, py3str_as_py2str: bool = False) -> None:
-        """Set how strings from Python 2 peers arrive, here and remotely."""
+        """Set how strings cross this channel to and from Python 2 peers,
+        here and at the peer: ``py2str_as_py3str`` loads a Python 2 ``str``
+        as ``str`` (else ``bytes``); ``py3str_as_py2str`` sends ``str`` as a
+        Python 2 ``str``."""
         self._strconfig = (py2str_as_py3str, py3str_as_py2str)
-        data = dumps_internal(self._strconfig)
+        data = self._dumps(self._strconfig)
         self.gateway._send(Message.RECONFIGURE, self.id, data)
 
 
@@ -1365,21 +1425,16 @@ class ChannelFactory:
     """Allocates channel ids and knows the live channels of a gateway."""
 
     def __init__(self, gateway, startcount: int = 1) -> None:
-        self._channels = weakref.WeakValueDictionary()  # id -> live Channel
-        self._callbacks: dict = {}  # id -> (callback, endmarker, strconfig)
-        # With the C core, items are decoded when received, so the peer's
-        # data for a channel may come before the item that refers to it is
-        # decoded: such channels are made on arrival and kept here until a
-        # reference claims them.
-        # For the same reason a reference decoded after its channel closed
-        # must find that channel: every channel object, closed ones too.
-        self._known_ids: set = set()
-        self._unclaimed: dict = {}
-        self._all = weakref.WeakValueDictionary()
+        # id -> live Channel
+        self._channels: weakref.WeakValueDictionary[int, Channel] = weakref.WeakValueDictionary()
+        self._callbacks: dict[int, tuple[Any, Any, Any]] = {}  # id -> (callback, endmarker, strconfig)
         self._writelock = gateway.execmodel.Lock()
         self.gateway = gateway
         self.count = startcount
         self.finished = False
+        # the gateway's serializer
+        self._dumps = getattr(gateway, "_dumps", dumps_internal)
+        self._loads = getattr(gateway, "_loads", loads_internal)
 
     def new(self, id=None) -> Channel:
         """The live channel with this id, created if needed (new id if None)."""
@@ -1389,19 +1444,13 @@ class ChannelFactory:
             if id is None:
                 id = self.count
                 self.count += 2
-            else:
-                self._known_ids.add(id)
-                channel = self._unclaimed.pop(id, None) or self._all.get(id)
-                if channel is not None:
-                    return channel
             channel = self._channels.get(id)
             if channel is None:
                 channel = self._channels[id] = Channel(self.gateway, id)
-                if getattr(self.gateway, "_conn", None) is not None:
-                    self._all[id] = channel
             return channel
 
-    def channels(self) -> list:
+    def channels(self) -> list[Channel]:
+        """The channels of this gateway that are still open."""
         return list(self._channels.values())
 
     def _no_longer_opened(self, id: int) -> None:
@@ -1412,22 +1461,14 @@ class ChannelFactory:
             if endmarker is not NO_ENDMARKER_WANTED:
                 callback(endmarker)
 
-    def _adopt(self, id: int):
-        """A channel of the peer not referred to yet (see _unclaimed), or None."""
-        if (
-            getattr(self.gateway, "_conn", None) is None
-            or id in self._known_ids
-            or id % 2 == self.count % 2
-            or self.finished
-        ):
-            return None
-        channel = self.new(id)
-        self._unclaimed[id] = channel
-        return channel
+    def _unknown(self, id: int):
+        """The channel for a message to an id with no live channel object:
+        None, the message is dropped (a subclass may make one)."""
+        return None
 
     def _local_close(self, id: int, remoteerror=None, sendonly: bool = False) -> None:
         """The peer closed id (or will send nothing more, with sendonly)."""
-        channel = self._channels.get(id) or self._adopt(id)
+        channel = self._channels.get(id) or self._unknown(id)
         if channel is None:
             # the channel object is gone; its callback may still be there
             if remoteerror:
@@ -1443,29 +1484,30 @@ class ChannelFactory:
             channel._closed = True
         channel._receiveclosed.set()
 
+    def _queue_item(self, channel, data: bytes) -> None:
+        """Queue a CHANNEL_DATA payload for channel's receive(), decoded."""
+        channel._items.put(self._loads(data, channel))
+
     def _local_receive(self, id: int, data: bytes) -> None:
         """Deliver a CHANNEL_DATA payload (called in the receiver thread)."""
         registration = self._callbacks.get(id)
         channel = self._channels.get(id)
         if registration is None:
             if channel is None:
-                channel = self._adopt(id)
-            items = channel._items if channel is not None else None
-            if items is not None:  # else: nobody is listening, drop it
-                item = loads_internal(data, channel)  # corrupt data ends here
-                items.put(data if channel._native else item)
+                channel = self._unknown(id)
+            if channel is not None and channel._items is not None:
+                self._queue_item(channel, data)  # corrupt data ends here
+            # else: nobody is listening, drop it
             return
         callback, _, strconfig = registration
         try:
             # without the channel object, channel references can't load
-            callback(loads_internal(data, channel, strconfig))
+            callback(self._loads(data, channel, strconfig))
         except Exception as exc:
             self.gateway._trace("exception during callback:", exc)
             errortext = self.gateway._geterrortext(exc)
             try:
-                self.gateway._send(
-                    Message.CHANNEL_CLOSE_ERROR, id, dumps_internal(errortext)
-                )
+                self.gateway._send(Message.CHANNEL_CLOSE_ERROR, id, self._dumps(errortext))
             except OSError:
                 pass
             self._local_close(id, RemoteError(errortext))
@@ -1480,14 +1522,18 @@ class ChannelFactory:
 
 
 class ChannelFile:
+    """What the file objects of ``Channel.makefile()`` share."""
+
     def __init__(self, channel, proxyclose: bool = True) -> None:
         self.channel = channel
         self._proxyclose = proxyclose
 
     def isatty(self) -> bool:
+        """False: a channel is no terminal."""
         return False
 
     def close(self) -> None:
+        """Close the channel too, if the file was made with ``proxyclose``."""
         if self._proxyclose:
             self.channel.close()
 
@@ -1497,17 +1543,23 @@ class ChannelFile:
 
 
 class ChannelFileWrite(ChannelFile):
+    """A write-only file whose writes are items sent on the channel."""
+
     def write(self, out) -> None:
+        """Send out (``str`` or ``bytes``) as one item."""
         self.channel.send(out)
 
     def flush(self) -> None:
+        """Nothing to do: every write is sent at once."""
         pass
 
 
 class ChannelFileRead(ChannelFile):
+    """A read-only file over the items received on the channel."""
+
     def __init__(self, channel, proxyclose: bool = True) -> None:
         super().__init__(channel, proxyclose)
-        self._buffer = None  # received and not yet read: str or bytes
+        self._buffer: Any = None  # received and not yet read: str or bytes
         self._ended = False
 
     def _fill(self, enough) -> None:
@@ -1528,10 +1580,13 @@ class ChannelFileRead(ChannelFile):
         return data
 
     def read(self, n: int):
+        """The next n characters (or bytes), fewer at the channel's end."""
         self._fill(lambda buffer: len(buffer) >= n)
         return self._take(n)
 
     def readline(self):
+        """The next line with its newline; at the end what is left
+        (``""`` when nothing is)."""
         def has_newline(buffer) -> bool:
             return (b"\n" if isinstance(buffer, bytes) else "\n") in buffer
 
@@ -1543,7 +1598,7 @@ class ChannelFileRead(ChannelFile):
         return self._take(end + 1 if end >= 0 else len(buffer))
 
 
-# gateways (LIFECYCLE.md §1, §5)
+# gateways (their threads and how they end: doc/architecture.md)
 
 
 class BaseGateway:
@@ -1551,14 +1606,17 @@ class BaseGateway:
 
     _error = None  # why the connection ended, if it did not end cleanly
     _receiver_ident = None
-    _conn = None  # the C core's connection, when it serves this gateway
+    _ChannelFactory = ChannelFactory
+    # the serializer of message payloads (a subclass may bring its own)
+    _dumps = staticmethod(dumps_internal)
+    _loads = staticmethod(loads_internal)
 
     def __init__(self, io, id, _startcount: int = 2) -> None:
         self.execmodel = io.execmodel
         self._io = io
         self.id = id
         self._strconfig = (True, False)
-        self._channelfactory = ChannelFactory(self, _startcount)
+        self._channelfactory = self._ChannelFactory(self, _startcount)
         self._receivelock = self.execmodel.RLock()
         self._sendlock = self.execmodel.RLock()
         # a pool of (at most) one: the receiver
@@ -1589,51 +1647,7 @@ class BaseGateway:
     _geterrortext = staticmethod(geterrortext)
 
     def _initreceive(self) -> None:
-        self._conn = self._native_connection()
-        if self._conn is None:
-            self._receivepool.spawn(self._thread_receiver)
-        else:
-            self._receiver_done = self.execmodel.Event()
-            self._conn.start()
-
-    def _native_connection(self):
-        """A C core connection for our IO, if the C core can serve it."""
-        if _core is None or trace is not notrace:
-            return None
-        if self.execmodel.backend not in _THREAD_BACKENDS:
-            return None  # green threads would not run while C blocks
-        native_fds = getattr(self._io, "native_fds", None)
-        fds = native_fds() if native_fds is not None else None
-        if fds is None:
-            return None
-        return _core.Connection(fds[0], fds[1], self._dispatch, self._dispatch_inline)
-
-    def _dispatch(self, code: int, channelid: int, data) -> None:
-        """Handle a message from the C core's IO thread (code -1: the end,
-        data is the exception that ended the connection)."""
-        self._receiver_ident = self.execmodel.get_ident()
-        if code < 0:
-            ended_cleanly = isinstance(data, (GatewayReceivedTerminate, KeyboardInterrupt))
-            if not ended_cleanly and self._error is None:
-                self._error = self._named(data)
-            try:
-                self._stop_receiving()
-            finally:
-                self._receiver_done.set()
-            return
-        self._handle(Message(code, channelid, data))
-
-    def _dispatch_inline(self, code: int, channelid: int, data) -> bool:
-        """Handle a message in the thread that read it (one waiting for items,
-        or the worker's idle primary thread) rather than the C core's IO
-        thread; False leaves it to the IO thread. User callbacks and the end
-        of the connection stay with the IO thread."""
-        if code == Message.CHANNEL_DATA or code == Message.GATEWAY_TERMINATE:
-            return False
-        if channelid in self._channelfactory._callbacks:
-            return False  # a close calls the endmarker callback
-        self._handle(Message(code, channelid, data))
-        return True
+        self._receivepool.spawn(self._thread_receiver)
 
     def _handle(self, message: Message) -> None:
         """Act on one received message (in the receiving thread)."""
@@ -1644,25 +1658,11 @@ class BaseGateway:
                 # the frame was complete: its payload is corrupt
                 raise DataFormatError(f"invalid message payload: {exc}") from exc
 
-    def _fail(self, exc: Exception) -> None:
-        """Received data was corrupt: end the connection (the C core decodes
-        items when they are received, not when they arrive)."""
-        if self._error is None:
-            self._error = exc
-        try:
-            self._close_write()
-        except OSError:
-            pass
-
     def _receiving(self) -> bool:
         """True while messages are being received."""
-        if self._conn is not None:
-            return not self._receiver_done.is_set()
         return self._receivepool.active_count() > 0
 
     def _close_write(self) -> None:
-        if self._conn is not None:
-            self._conn.close_write()
         self._io.close_write()
 
     def _receive_messages(self) -> None:
@@ -1709,14 +1709,6 @@ class BaseGateway:
 
     def _send(self, msgcode: int, channelid: int = 0, data: bytes = b"") -> None:
         """Write one message (atomically with respect to other senders)."""
-        if self._conn is not None:
-            if self._error is not None:
-                raise self._cannot_send()
-            try:
-                self._conn.send_raw(msgcode, channelid, data)
-            except OSError as exc:
-                raise self._cannot_send() from exc
-            return
         frame = _frame(msgcode, channelid, data)
         try:
             if self._error is not None:
@@ -1736,24 +1728,26 @@ class BaseGateway:
     # the public part
 
     def newchannel(self) -> Channel:
-        """A new channel with a fresh id."""
+        """A new channel with a fresh id, known to the peer once something
+        is sent on it (or once it is sent to the peer inside an item)."""
         return self._channelfactory.new()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait (at most timeout seconds) for the receiver to finish."""
+        """Wait (at most ``timeout`` seconds) until this gateway stopped
+        receiving; returns at once when called from the receiver itself."""
         if self._receiver_ident == self.execmodel.get_ident():
             return  # called from the receiver itself
         self._trace("waiting for receiver thread to finish")
-        if self._conn is not None:
-            self._receiver_done.wait(timeout)
-        else:
-            self._receivepool.waitall(timeout)
+        self._wait_received(timeout)
+
+    def _wait_received(self, timeout: float | None) -> None:
+        self._receivepool.waitall(timeout)
 
 
-_compiled: dict = {}  # (source, filename) -> code, for repeated remote_execs
+_compiled: dict[tuple[str, Any], CodeType] = {}  # (source, filename) -> code, for repeated remote_execs
 
 
-def _compile_task(source: str, filename) -> object:
+def _compile_task(source: str, filename) -> CodeType:
     key = (source, filename)
     code = _compiled.get(key)
     if code is None:
@@ -1845,13 +1839,20 @@ class WorkerGateway(BaseGateway):
             # on every exit path (defect D1)
             self._previous_task_done.set()
 
+    def _while_idle(self):
+        """What the primary thread does while it has no task (see
+        WorkerPool.integrate_as_primary_thread): nothing here."""
+        return None
+
     def serve(self) -> None:
+        """Serve the connection until it ends: receive messages, run tasks
+        (in this thread too, with a thread execmodel)."""
         try:
             self._trace("[serve] spawning receiver thread")
             self._initreceive()
             if self._execpool._hasprimary:
                 self._trace("[serve] integrating as primary thread")
-                self._execpool.integrate_as_primary_thread(self._conn)
+                self._execpool.integrate_as_primary_thread(self._while_idle())
             self._trace("[serve] joining receiver thread")
             self.join()
         except KeyboardInterrupt:
@@ -1904,68 +1905,18 @@ def init_popen_io(execmodel) -> Popen2IO:
 
 
 # --------------------------------------------------------------------------
-# backend selection: the C twins of the functions above, where they load
+# compatibility names
 # --------------------------------------------------------------------------
 
-# The pure-Python functions stay reachable here whatever backend is active;
-# the test suite runs against both.
+# This module alone is the portable core.  Imported as part of the package,
+# execnet/backend.py sets these two to the core the package chose.
+BACKEND = "python"
+BACKEND_REASON = "this is the portable core sent as source to a remote interpreter"
+
+# The portable serializer by name (the fuzz harnesses and tests read it).
 PURE_PYTHON_SERIALIZER = {
     "dumps": dumps,
     "loads": loads,
     "dumps_internal": dumps_internal,
     "loads_internal": loads_internal,
 }
-BACKEND = "python"
-BACKEND_REASON = ""  # why BACKEND is "python" (empty on the C backend)
-_core = None  # the C extension module, when the C backend is active
-
-
-def _extension_not_built() -> str:
-    """The reason for a missing extension, with the build's own if it left
-    one (setup.py writes it next to this file)."""
-    try:
-        with open(os.path.join(os.path.dirname(__file__), "_build_info")) as f:
-            recorded = "; ".join(line.strip() for line in f if line.strip())
-    except OSError:
-        recorded = ""
-    if recorded:
-        return f"the C extension was not built ({recorded})"
-    return "the C extension execnet._execnet is not installed"
-
-
-def _extension_file_exists() -> bool:
-    from importlib.machinery import EXTENSION_SUFFIXES
-
-    here = os.path.dirname(__file__)
-    return any(os.path.exists(os.path.join(here, "_execnet" + suffix)) for suffix in EXTENSION_SUFFIXES)
-
-
-def _load_c_backend():
-    global BACKEND_REASON
-    if __name__ != "execnet.gateway_base":
-        BACKEND_REASON = "this is the portable core sent as source to a remote interpreter"
-        return None
-    if os.environ.get("EXECNET_PUREPYTHON"):
-        BACKEND_REASON = "EXECNET_PUREPYTHON is set"
-        return None
-    try:
-        from execnet import _execnet
-    except ImportError as exc:
-        if not _extension_file_exists():
-            BACKEND_REASON = _extension_not_built()
-        else:
-            BACKEND_REASON = f"the C extension failed to import: {exc}"
-        return None
-    _execnet._install(globals())
-    return _execnet
-
-
-_c = _load_c_backend()
-if _c is not None:
-    BACKEND = "c"
-    _core = _c
-    dumps = _c.dumps  # noqa: F811
-    loads = _c.loads  # noqa: F811
-    dumps_internal = _c.dumps_internal  # noqa: F811
-    loads_internal = _c.loads_internal  # noqa: F811
-del _c

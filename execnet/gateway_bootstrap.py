@@ -1,4 +1,5 @@
-"""Getting a fresh interpreter to run the worker end (WIRE.md §2-3)."""
+"""Getting a fresh interpreter to run the worker end (the bootstrap lines:
+doc/protocol.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ importdir = os.path.dirname(os.path.dirname(execnet.__file__))
 
 
 class HostNotFound(Exception):
-    pass
+    """The interpreter of a gateway could not be started or reached."""
 
 
 class UnsupportedPython(HostNotFound):
@@ -78,7 +79,7 @@ def _discard(io) -> None:
 
 
 # The first thing a child does with the line: acknowledge it.  The master
-# may write once the line is read (WIRE.md §2), and the child's imports then
+# may write once the line is read, and the child's imports then
 # overlap with what the master does next (the next gateway, remote_exec).
 _ACK = ("import sys", "sys.stdout.write('1')", "sys.stdout.flush()")
 # The same for an interpreter of any version, which may be too old for the
@@ -103,7 +104,7 @@ def bootstrap_import(io, spec) -> None:
         # directory (sys.path[0] under -c) does not shadow ours
         f"if sys.path[:1] != [{importdir!r}]:",
         f"    sys.path.insert(0, {importdir!r})",
-        "from execnet.gateway_base import serve, init_popen_io, get_execmodel",
+        "from execnet.backend import serve, init_popen_io, get_execmodel",
         f"execmodel = get_execmodel({spec.execmodel!r})",
         f"serve(init_popen_io(execmodel), id={spec.id + '-worker'!r})",
     )

@@ -90,7 +90,7 @@ def vagrant_ssh_args(spec):
 
 # ---------------------------------------------------------------------------
 # Spawning and talking to worker processes, and the "via" proxy
-# (WIRE.md §8).  When this module runs remotely as the proxy forwarder,
+# (doc/protocol.md).  When this module runs remotely as the proxy forwarder,
 # the worker's core is either importable or is the __main__ module.
 # ---------------------------------------------------------------------------
 
@@ -121,12 +121,14 @@ class Popen2IOMaster(Popen2IO):
         super().__init__(self.popen.stdin, self.popen.stdout, execmodel=execmodel)
 
     def wait(self):
+        """Wait for the child process to end; its exit status, or None."""
         try:
             return self.popen.wait()
         except OSError:
             return None
 
     def kill(self):
+        """Kill the child process (an error is only reported on stderr)."""
         try:
             self.popen.kill()
         except OSError as e:
@@ -176,6 +178,8 @@ class ProxyIO:
         proxy_channel.send(self._controlchan)
 
     def read(self, numbytes):
+        """Exactly numbytes bytes from the proxied connection; ``EOFError`` if
+        it ends first."""
         while len(self._buffer) < numbytes:
             try:
                 self._buffer += self._proxy_channel.receive()
@@ -188,6 +192,7 @@ class ProxyIO:
         return data
 
     def write(self, data):
+        """Send data to the proxied connection."""
         self._proxy_channel.send(data)
 
     def _controlcall(self, request):
@@ -195,19 +200,24 @@ class ProxyIO:
         return self._controlchan.receive()
 
     def close_write(self):
+        """Ask the gateway in the middle to close its write side to the target."""
         self._controlcall(RIO_CLOSE_WRITE)
 
     def close_read(self):
+        """Not possible for a proxied connection (``NotImplementedError``)."""
         raise NotImplementedError("a proxied connection can't close its read side")
 
     def kill(self):
+        """Ask the gateway in the middle to kill the target's process."""
         self._controlcall(RIO_KILL)
 
     def wait(self):
+        """Ask the gateway in the middle to wait for the target's process."""
         return self._controlcall(RIO_WAIT)
 
     @property
     def remoteaddress(self):
+        """The target's address, as the gateway in the middle sees it."""
         return self._controlcall(RIO_REMOTEADDRESS)
 
     def __repr__(self):

@@ -1,4 +1,4 @@
-"""Socket gateways: the master's IO over a TCP connection (XSPEC.md §7)."""
+"""Socket gateways: the master's IO over a TCP connection (``socket=host:port``)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class SocketIO:
             sys.stderr.write("WARNING: cannot set socketoption")
 
     def read(self, numbytes: int) -> bytes:
+        """Exactly numbytes bytes from the socket; ``EOFError`` if it ends first."""
         parts = []
         missing = numbytes
         while missing > 0:
@@ -45,9 +46,11 @@ class SocketIO:
         return b"".join(parts)
 
     def write(self, data: bytes) -> None:
+        """Send all of data."""
         self.sock.sendall(data)
 
     def close_read(self) -> None:
+        """Shut down the reading direction."""
         try:
             self.sock.shutdown(self.execmodel.socket.SHUT_RD)
         except OSError:
@@ -55,6 +58,7 @@ class SocketIO:
         self._closed_one("read")
 
     def close_write(self) -> None:
+        """Shut down the writing direction: the peer reads the end."""
         try:
             self.sock.shutdown(self.execmodel.socket.SHUT_WR)
         except OSError:
@@ -84,9 +88,11 @@ class SocketIO:
         return os.dup(fd), os.dup(fd)
 
     def wait(self) -> None:
+        """Nothing to wait for: there is no local process."""
         pass
 
     def kill(self) -> None:
+        """Nothing to kill: there is no local process."""
         pass
 
 

@@ -6,19 +6,21 @@ import atexit
 import threading
 import time
 
+from . import backend
 from . import gateway_base
 from . import gateway_bootstrap
 from . import gateway_io
+from .backend import get_execmodel
 from .gateway_base import NO_ENDMARKER_WANTED
 from .gateway_base import RemoteError
 from .gateway_base import WorkerPool
-from .gateway_base import get_execmodel
 from .gateway_base import trace
 from .xspec import XSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import types
+    from typing import Any
     from typing import Callable
     from typing import Iterable
     from typing import Iterator
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from .gateway_base import Channel
     from .gateway_base import ExecModel
 
-# the remote part of makegateway's chdir/nice/env handling (XSPEC.md §6)
+# the remote part of makegateway's chdir/nice/env handling (the spec's keys)
 _REMOTE_SETUP = """
 import os
 path, nice, env = channel.receive()
@@ -54,7 +56,7 @@ class Group:
         self._gateways: list[Gateway] = []
         self._autoidcounter = 0
         self._autoidlock = threading.Lock()
-        self._gateways_to_join: list = []
+        self._gateways_to_join: list[Gateway] = []
         self.set_execmodel(execmodel)
         for xspec in xspecs:
             self.makegateway(xspec)
@@ -62,10 +64,13 @@ class Group:
 
     @property
     def execmodel(self) -> ExecModel:
+        """The execution model of our side of the group's gateways."""
         return self._execmodel
 
     @property
     def remote_execmodel(self) -> ExecModel:
+        """The execution model of the workers of new gateways (unless their
+        spec names one)."""
         return self._remote_execmodel
 
     def set_execmodel(self, execmodel: str, remote_execmodel: str | None = None) -> None:
@@ -92,7 +97,7 @@ class Group:
 
     def __contains__(self, key: object) -> bool:
         try:
-            self[key]
+            self[key]  # type: ignore[index]  # any key: KeyError if not ours
         except KeyError:
             return False
         return True
@@ -104,7 +109,16 @@ class Group:
         return iter(list(self._gateways))
 
     def makegateway(self, spec: XSpec | str | None = None) -> Gateway:
-        """Create, register and return a gateway for spec (XSPEC.md §4)."""
+        """Start a gateway for spec, add it to this group and return it.
+
+        :param spec: an ``XSpec`` or its text, e.g. ``"popen"``,
+            ``"ssh=host//python=python3"``, ``"socket=host:port"`` or
+            ``"popen//via=gw0"``; ``None`` uses ``defaultspec``.  Without an
+            ``id`` the gateway gets the next ``gw<N>``; an id the group has
+            already raises ``AssertionError`` before any process starts.
+            ``chdir``, ``nice`` and ``env`` are applied in the worker before
+            this returns.
+        """
         if not spec:
             spec = self.defaultspec
         if not isinstance(spec, XSpec):
@@ -115,6 +129,7 @@ class Group:
             raise AssertionError(f"already have gateway with id {spec.id!r}")
         if spec.execmodel is None:
             spec.execmodel = self.remote_execmodel.backend
+        io: Any
         if spec.via:
             assert not spec.socket
             master = self[spec.via]
@@ -184,7 +199,9 @@ class Group:
             self._gateways_to_join[:] = []
 
     def terminate(self, timeout: float | None = None) -> None:
-        """End every gateway; kill processes still there after timeout."""
+        """End every gateway of the group: ask each to exit, wait for its
+        receiver and process, and kill the processes still there after
+        ``timeout`` seconds (``None``: wait as long as it takes)."""
 
         def join_and_wait(gw):
             gw.join()
@@ -208,12 +225,15 @@ class Group:
     def remote_exec(
         self, source: str | types.ModuleType | Callable[..., object], **kwargs: object
     ) -> MultiChannel:
-        """remote_exec on every gateway; the channels as a MultiChannel."""
+        """``remote_exec(source, **kwargs)`` on every gateway of the group;
+        their channels as one MultiChannel."""
         return MultiChannel([gw.remote_exec(source, **kwargs) for gw in self])
 
 
 class MultiChannel:
     """Several channels used together."""
+
+    _queue: Any  # set by make_receive_queue()
 
     def __init__(self, channels: Sequence[Channel]) -> None:
         self._channels = channels
@@ -231,17 +251,23 @@ class MultiChannel:
         return channel in self._channels
 
     def send_each(self, item) -> None:
+        """Send item on every channel."""
         for channel in self._channels:
             channel.send(item)
 
-    def receive_each(self, withchannel: bool = False) -> list:
+    def receive_each(self, withchannel: bool = False) -> list[Any]:
+        """One item from each channel, in order; with ``withchannel`` as
+        ``(channel, item)`` pairs.  Not while ``make_receive_queue()`` is in use."""
         assert not hasattr(self, "_queue"), "receive queue in use"
         if withchannel:
             return [(channel, channel.receive()) for channel in self._channels]
         return [channel.receive() for channel in self._channels]
 
     def make_receive_queue(self, endmarker=NO_ENDMARKER_WANTED):
-        """A queue of (channel, item) for the items of every channel."""
+        """A queue that gets ``(channel, item)`` for every item of every
+        channel, by a callback on each (so ``receive()`` is no longer
+        possible on them); with ``endmarker``, ``(channel, endmarker)`` when
+        a channel ends.  The same queue on every call."""
         try:
             return self._queue
         except AttributeError:
@@ -270,7 +296,15 @@ class MultiChannel:
             raise first_error
 
 
-class BackendInfo(tuple):
+if TYPE_CHECKING:
+    from typing import Tuple
+
+    _Pair = Tuple[str, str]
+else:
+    _Pair = tuple
+
+
+class BackendInfo(_Pair):
     """(backend, reason): which core runs gateways and serializes (``"c"`` or
     ``"python"``) and, for ``"python"``, why the C core is not active (else
     empty).  A tuple of its own, as typing (NamedTuple) would cost every
@@ -283,10 +317,12 @@ class BackendInfo(tuple):
 
     @property
     def backend(self) -> str:
+        """``"c"`` or ``"python"``."""
         return self[0]
 
     @property
     def reason(self) -> str:
+        """Why the backend is ``"python"``; empty for ``"c"``."""
         return self[1]
 
     def __repr__(self) -> str:
@@ -300,8 +336,8 @@ def backend_info(execmodel: str | ExecModel | None = None) -> BackendInfo:
     """The active core, and why it is the portable one if so; for gateways
     of execmodel if one is given (the C core serves the thread models)."""
     name = get_execmodel(execmodel).backend if execmodel is not None else None
-    if gateway_base.BACKEND != "c":
-        return BackendInfo("python", gateway_base.BACKEND_REASON)
+    if backend.BACKEND != "c":
+        return BackendInfo("python", backend.BACKEND_REASON)
     if name is not None:
         if name not in gateway_base._THREAD_BACKENDS:
             return BackendInfo(

@@ -1,4 +1,4 @@
-"""Directory synchronisation to gateways (RSYNC.md, doc/rsync.md).
+"""Directory synchronisation to gateways (doc/rsync.md).
 
 RSync walks a source tree once, streams its structure to every target and
 then answers the targets' requests for file content.  The receiving end is
@@ -12,6 +12,7 @@ import stat
 import sys
 import time
 
+from . import backend
 from . import gateway_base
 from . import rsync_remote
 from .gateway_base import RemoteError
@@ -64,7 +65,7 @@ def _read_file_python(path) -> bytes:
 
 def _file_helpers():
     """(read_file, md5_file): the C core's when our side runs it."""
-    core = gateway_base._core
+    core = backend.core
     if core is not None and hasattr(core, "rsync_read_file"):
         return core.rsync_read_file, core.rsync_md5_file
     return _read_file_python, _md5_file_python

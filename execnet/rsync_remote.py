@@ -1,4 +1,4 @@
-"""The receiving end of RSync (RSYNC.md §3), run on the remote side.
+"""The receiving end of RSync (doc/rsync.md), run on the remote side.
 
 RSync.add_target() ships this file's source with ``remote_exec(module)``,
 so it depends on nothing but the standard library and the ``channel`` the
@@ -115,8 +115,8 @@ def _copy_file_python(source, path, mode, mtime):
 def _file_helpers():
     """(md5_file, write_file, copy_file): our C core's when this
     interpreter runs it."""
-    base = sys.modules.get("execnet.gateway_base")
-    core = getattr(base, "_core", None)
+    chosen = sys.modules.get("execnet.backend")  # not there: the portable core as source
+    core = getattr(chosen, "core", None)
     if core is not None and hasattr(core, "rsync_copy_file"):
         return core.rsync_md5_file, core.rsync_write_file, core.rsync_copy_file
     return _md5_file_python, _write_file_python, _copy_file_python
@@ -317,6 +317,8 @@ class Receiver:
 
     def visit(self, path, components, new_parent=False):
         # in a directory this sync made, nothing exists yet
+        """Receive the entry for path and act on it (a directory, a file or a
+        symbolic link); new_parent: path's directory was just made."""
         st = None if new_parent else _lstat(path)
         item = self.channel.receive()
         if isinstance(item, list):
@@ -327,6 +329,7 @@ class Receiver:
             raise ValueError(f"rsync: unexpected item {item!r} in the tree")
 
     def directory(self, path, components, st, item):
+        """Make path the directory item describes and visit its entries."""
         if not item or not isinstance(item[0], int):
             raise ValueError(f"rsync: bad directory item {item!r}")
         mode, names = item[0], [_check_name(name) for name in item[1:]]
@@ -359,6 +362,7 @@ class Receiver:
                 self.fail("/".join([*components, name]), exc)
 
     def delete_others(self, path, components, keep):
+        """Remove the entries of directory path whose names are not in keep."""
         try:
             present = os.listdir(path)
         except OSError as exc:
@@ -372,6 +376,8 @@ class Receiver:
                     self.fail("/".join([*components, name]), exc)
 
     def file(self, path, components, st, item):
+        """Decide about the file the item describes: up to date, copied
+        locally, or requested from the sender."""
         if len(item) != 3 or not _plausible_file_item(*item):
             raise ValueError(f"rsync: bad file item {item!r}")
         mode, mtime, size = item
@@ -430,6 +436,7 @@ class Receiver:
         self.pending.append((path, relpath, mode, mtime))
 
     def announce_copies(self):
+        """Tell the sender which files this side copies itself."""
         if self.copying:
             self.channel.send(("xn-copying", self.copying))
             self.copying = []
@@ -455,12 +462,15 @@ class Receiver:
             self.ack(self.written.popleft())
 
     def flush_acks(self):
+        """Send the acknowledgements gathered so far."""
         if self.acks:
             self.channel.send(("xn-acks", self.acks))
             self.acks = []
         self.acked = time.monotonic()
 
     def transfer(self):
+        """Receive the requested files' contents, write them and acknowledge
+        each."""
         self.submit_batch()
         for path, relpath, mode, mtime in self.pending:
             data = self.channel.receive()
@@ -497,6 +507,7 @@ class Receiver:
             self.written.append(relpath)
 
     def submit_batch(self):
+        """Hand the files gathered for writing to the writer threads."""
         if self.batch:
             if self.pool is None:
                 self.pool = _Pool(self.nthreads, self.written)
@@ -572,6 +583,7 @@ class Receiver:
     # -- the links -------------------------------------------------------------
 
     def links(self):
+        """Receive and make the symbolic links, until the sender's end marker."""
         while True:
             item = self.channel.receive()
             if item == LINKS_END and isinstance(item, int):
@@ -611,6 +623,8 @@ class Receiver:
                 )
 
     def run(self):
+        """Synchronise the destination: the tree, then the contents, then the
+        links."""
         try:
             self.visit(self.destdir, [])
             self.announce_copies()
@@ -629,6 +643,8 @@ class Receiver:
 
 
 def serve_rsync(channel):
+    """The receiver's remote_exec entry point: synchronise into the
+    directory the sender names on channel."""
     Receiver(channel).run()
 
 

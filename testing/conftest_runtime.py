@@ -12,7 +12,6 @@ import sys
 import pytest
 
 import execnet
-from execnet import gateway_base
 
 EXECMODELS = ["thread", "main_thread_only"]
 # The import bootstrap (the worker runs the master's backend), the exec
@@ -23,18 +22,6 @@ BOOTSTRAPS = {
     "exec": "popen//python=" + shlex.quote(sys.executable),
     "portable-master": "popen",
 }
-
-
-def use_portable_master(monkeypatch) -> None:
-    """Gateways made from now on run the portable core on our side (Python
-    receiver thread, queues and serializer) and the C core in the worker."""
-    monkeypatch.delenv("EXECNET_PUREPYTHON", raising=False)
-    monkeypatch.setattr(gateway_base, "_core", None)
-    for name, function in gateway_base.PURE_PYTHON_SERIALIZER.items():
-        monkeypatch.setattr(gateway_base, name, function)
-    monkeypatch.setattr(
-        execnet.gateway, "dumps_internal", gateway_base.PURE_PYTHON_SERIALIZER["dumps_internal"]
-    )
 
 
 @pytest.fixture
@@ -61,10 +48,10 @@ def makegateway(group, execmodel):
 
 
 @pytest.fixture(params=sorted(BOOTSTRAPS))
-def gw(request, makegateway, monkeypatch):
+def gw(request, makegateway):
     """A popen gateway, for each exec model and each bootstrap."""
     if request.param == "portable-master":
-        use_portable_master(monkeypatch)
+        request.getfixturevalue("portable_master")
     return makegateway(BOOTSTRAPS[request.param])
 
 

@@ -1,5 +1,5 @@
 """Package surface, message framing, exec models, worker pools, worker IO
-setup and tracing (CONFORMANCE.md §1, §4, §16-19)."""
+setup and tracing."""
 
 from __future__ import annotations
 

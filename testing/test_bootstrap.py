@@ -1,5 +1,5 @@
 """The exec and socket bootstraps ship a small, compressed loader line
-(WIRE.md §2-3) that runs the portable core in interpreters without execnet."""
+(doc/protocol.md) that runs the portable core in interpreters without execnet."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def bootstrap_line(function, spec: str) -> bytes:
 
 
 def check_line(line: bytes) -> str:
-    """The WIRE.md rules for a bootstrap line; returns the source it carries."""
+    """The rules for a bootstrap line (one line of Python, ASCII, ending in a
+    newline); returns the source it carries."""
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
     assert line.isascii()

@@ -27,6 +27,9 @@ PURE = gateway_base.PURE_PYTHON_SERIALIZER
 @pytest.fixture(autouse=True)
 def installed():
     _execnet._install(gateway_base.__dict__)
+    yield
+    # as execnet._native bound it: tests here bind other namespaces
+    _execnet._install(gateway_base.__dict__)
 
 
 # -- binding ------------------------------------------------------------------

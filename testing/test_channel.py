@@ -1,5 +1,5 @@
 """Channels: data transfer, errors and closing, callbacks, channel files
-(CONFORMANCE.md §10-13)."""
+in the behaviour of execnet 2.1.2."""
 
 from __future__ import annotations
 

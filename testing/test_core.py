@@ -18,6 +18,7 @@ from runtime_util import interrupt_when_ready
 from runtime_util import wait_for
 
 import execnet
+from execnet import backend
 from execnet import gateway_base
 from execnet.gateway_base import ENDMARKER
 from execnet.gateway_base import Message
@@ -31,8 +32,9 @@ from execnet import _execnet  # part of the package: it must import
 
 REMOTE_CORE = """
 import sys
-core = sys.modules[type(channel).__module__]
-channel.send((core.BACKEND, channel.gateway._conn is not None))
+# the package's choice, or the shipped portable core running as __main__
+core = sys.modules.get("execnet.backend") or sys.modules[type(channel).__module__]
+channel.send((core.BACKEND, getattr(channel.gateway, "_conn", None) is not None))
 """
 
 
@@ -44,12 +46,16 @@ def test_each_end_runs_the_expected_core(gw, request):
         assert (backend, native) == ("python", False)
     elif variant == "portable-master":
         assert (backend, native) == ("c", True)
-        assert gw._conn is None
+        assert getattr(gw, "_conn", None) is None
+        # our side is the portable core through and through
+        assert gw._dumps is gateway_base.dumps_internal
+        assert gw._channelfactory._loads is gateway_base.loads_internal
+        assert type(gw.newchannel()) is gateway_base.Channel
     else:
         assert backend == gateway_base.BACKEND
         assert native == (gateway_base.BACKEND == "c")
     if variant != "portable-master":
-        assert (gw._conn is not None) == (gateway_base.BACKEND == "c")
+        assert (getattr(gw, "_conn", None) is not None) == (gateway_base.BACKEND == "c")
 
 
 # --- ItemQueue ----------------------------------------------------------------
@@ -663,8 +669,8 @@ def test_event_wait_interrupted_by_sigint(tmp_path):
 
 
 def test_thread_models_use_the_native_event():
-    model = gateway_base.get_execmodel("thread")
-    expected = threading.Event if gateway_base._core is None else _execnet.Event
+    model = backend.get_execmodel("thread")
+    expected = threading.Event if backend.core is None else _execnet.Event
     assert type(model.Event()) is expected
 
 

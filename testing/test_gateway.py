@@ -1,5 +1,5 @@
 """Gateway creation, the Gateway object, remote_exec sources, termination
-and faults (CONFORMANCE.md §7-9, §15)."""
+and faults."""
 
 from __future__ import annotations
 
@@ -167,6 +167,7 @@ def test_worker_that_cannot_import_us_ends_its_gateway(group, monkeypatch, tmp_p
     package = tmp_path / "execnet"
     package.mkdir()
     (package / "__init__.py").write_text("")
+    (package / "backend.py").write_text("from . import gateway_base\n")
     (package / "gateway_base.py").write_text("raise ImportError('broken on purpose')\n")
     monkeypatch.setattr(gateway_bootstrap, "importdir", str(tmp_path))
     gw = group.makegateway("popen")

@@ -1,12 +1,12 @@
-"""Interoperation with reference execnet 2.1.2 (CONFORMANCE.md §21, WIRE.md §3).
+"""Interoperation with reference execnet 2.1.2 (doc/protocol.md).
 
 Four pairings, each running the same channel operations:
 
 1. our master  -> the reference's socketserver.py (worker: our shipped core)
 2. reference master -> our socketserver (worker: the reference's shipped core)
 3. our master  -> a fresh reference interpreter running the reference's own
-   gateway_base source (exec bootstrap, WIRE.md §3.2)
-4. reference master (import bootstrap, WIRE.md §3.1) -> a worker importing
+   gateway_base source (exec bootstrap)
+4. reference master (import bootstrap) -> a worker importing
    our execnet.gateway_base (the C backend)
 
 1 and 2 also run with the socket server script shipped by remote_exec (what

@@ -1,4 +1,4 @@
-"""Group, MultiChannel and safe_terminate (CONFORMANCE.md §14)."""
+"""Group, MultiChannel and safe_terminate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RSync (RSYNC.md, CONFORMANCE.md §20): the master, the receiver shipped as
+"""RSync (doc/rsync.md): the master, the receiver shipped as
 source, their extensions, the C file helpers and interoperation with
 reference execnet 2.1.2 in both directions."""
 
@@ -138,7 +138,7 @@ def use_receiver(monkeypatch, directory, name: str, source: str) -> None:
     monkeypatch.setattr(rsync, "rsync_remote", importlib.util.module_from_spec(spec))
 
 
-# -- the sender's API and the reference behaviours (CONFORMANCE.md §20) ----------
+# -- the sender's API and the behaviours of execnet 2.1.2's RSync ------------------
 
 
 def test_send_without_targets_raises_or_returns_none(dirs):
@@ -705,7 +705,7 @@ def test_local_copies_are_acknowledged_while_others_still_copy(group, dirs, monk
         textwrap.dedent(
             f"""
             import os, select, shutil
-            from execnet import gateway_base
+            from execnet import backend
             calls = []
             def second_waits():
                 calls.append(1)
@@ -718,7 +718,7 @@ def test_local_copies_are_acknowledged_while_others_still_copy(group, dirs, monk
                     second_waits()
                     return copy(*args)
                 return copy_after
-            core = gateway_base._core  # the receiver copies with the C core's helper
+            core = backend.core  # the receiver copies with the C core's helper
             if core is not None:
                 core.rsync_copy_file = waiting(core.rsync_copy_file)
             else:  # or with its own, which uses shutil's

@@ -1,4 +1,4 @@
-"""The serializer (WIRE.md §7, CONFORMANCE.md §2-3) on both backends.
+"""The serializer (doc/serializer.md) on both backends.
 
 Every test taking the ``serializer`` fixture runs once on the pure-Python
 twin and once on the C backend.
@@ -22,7 +22,7 @@ from execnet.gateway_base import DataFormatError
 from execnet.gateway_base import DumpError
 from execnet.gateway_base import LoadError
 
-# (value, hex of dumps(value)): WIRE.md §7.6, checked against execnet 2.1.2
+# (value, hex of dumps(value)), checked against execnet 2.1.2
 GOLDEN = [
     (None, "02 4c 51"),
     (True, "02 52 51"),
@@ -81,7 +81,7 @@ def test_golden_bytes(serializer, value, expected):
 
 
 def test_exec_message_payload(serializer):
-    # the payload of remote_exec("channel.send(42)") (WIRE.md §7.6)
+    # the payload of remote_exec("channel.send(42)"): (source, filename, call_name, kwargs)
     payload = serializer.dumps_internal(("channel.send(42)", None, None, {}))
     assert payload == b"N\x00\x00\x00\x10channel.send(42)LLJ@\x00\x00\x00\x04Q"
 
@@ -91,10 +91,19 @@ def test_active_backend_is_visible():
     assert execnet.BACKEND == gateway_base.BACKEND
 
 
-def test_public_functions_are_the_backends(serializer):
-    # what execnet exports is what gateway_base exports
-    assert execnet.dumps is gateway_base.dumps
-    assert execnet.loads is gateway_base.loads
+def test_public_functions_are_the_chosen_cores():
+    # what execnet exports is the serializer of the core backend.py chose;
+    # gateway_base's own stay the portable ones
+    from execnet import backend
+
+    if backend.BACKEND == "c":
+        from execnet import _execnet
+
+        expected = (_execnet.dumps, _execnet.loads)
+    else:
+        expected = (gateway_base.dumps, gateway_base.loads)
+    assert (execnet.dumps, execnet.loads) == (backend.dumps, backend.loads) == expected
+    assert gateway_base.dumps is gateway_base.PURE_PYTHON_SERIALIZER["dumps"]
     assert execnet.DumpError is gateway_base.DumpError
 
 

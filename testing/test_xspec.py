@@ -1,4 +1,4 @@
-"""XSpec parsing and worker command lines (CONFORMANCE.md §5 and §6).
+"""XSpec parsing and worker command lines.
 
 Line 80 (``makegateway`` handing ``-F`` to the process constructor) needs
 gateway creation and is covered with the gateway tests.
