@@ -5,7 +5,7 @@ Each accepted client sends one line: a Python string literal followed by a
 newline.  The server evaluates the literal and executes the resulting
 source with the globals ``clientsock`` (the accepted socket), ``address``
 (the peer address) and ``execmodel`` (the server's execution model).  A
-socket gateway sends the worker core this way (XSPEC.md §8, WIRE.md §3.3).
+socket gateway sends the worker core this way (doc/socket.md, doc/protocol.md).
 
 Standalone use::
 
