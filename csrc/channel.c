@@ -59,13 +59,13 @@ item_payload(xn_item *item)
         return PyBytes_FromStringAndSize(item->data, item->size);
     /* a lone byte string: opcode, length, bytes, stop */
     Py_ssize_t n = PyBytes_GET_SIZE(item->value);
-    PyObject *payload = PyBytes_FromStringAndSize(NULL, n + 6);
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, n + XN_LONE_BYTES_EXTRA);
     if (payload != NULL) {
         unsigned char *out = (unsigned char *)PyBytes_AS_STRING(payload);
-        out[0] = 'A';
+        out[0] = XN_OP_BYTES;
         xn_put_i32(out + 1, (int32_t)n);
         memcpy(out + 5, PyBytes_AS_STRING(item->value), (size_t)n);
-        out[n + 5] = 'Q';
+        out[n + 5] = XN_OP_STOP;
     }
     return payload;
 }
@@ -248,7 +248,7 @@ wait_slice(xn_queue *q, int64_t slice_end, xn_item **out)
     pthread_mutex_lock(q->lock);
     q->waiters++;
     if (c != NULL)
-        c->getters++;
+        xn_connection_enter_getters(c);
     for (;;) {
         if (pop_item(q, out)) {
             result = TAKE_ITEM;
@@ -260,15 +260,9 @@ wait_slice(xn_queue *q, int64_t slice_end, xn_item **out)
         }
         if (xn_monotonic_ns() >= slice_end)
             break;
-        if (c != NULL && !c->handoff && !c->read_ended &&
-            pthread_mutex_trylock(&c->read_lock) == 0) {
-            pthread_mutex_unlock(q->lock);
-            xn_connection_read_for_getter(c, slice_end);
-            pthread_mutex_unlock(&c->read_lock);
-            pthread_mutex_lock(q->lock);
-            pthread_cond_broadcast(q->cond); /* the read role is free */
+        /* (q->lock is c's state_lock) */
+        if (c != NULL && xn_connection_read_if_free(c, slice_end))
             continue;
-        }
         struct timespec ts = {.tv_sec = slice_end / 1000000000LL,
                               .tv_nsec = slice_end % 1000000000LL};
         pthread_cond_timedwait(q->cond, q->lock, &ts);
@@ -290,8 +284,7 @@ queue_take(xn_queue *q, PyObject *timeout, xn_item **out)
     if (xn_deadline(timeout, &deadline) < 0)
         return -1;
     if (q->connection != NULL)
-        __atomic_store_n(&((xn_connection *)q->connection)->last_get_ns, xn_monotonic_ns(),
-                         __ATOMIC_RELAXED);
+        xn_connection_note_get((xn_connection *)q->connection);
     /* without waiting first, if there is something */
     pthread_mutex_lock(q->lock);
     int got = pop_item(q, out);
@@ -364,7 +357,7 @@ queue_get(xn_queue *q, PyObject *const *args, Py_ssize_t nargs)
         return value;
     }
     if (value != NULL && PyBytes_CheckExact(value) && item->size >= XN_DIRECT_PAYLOAD &&
-        item->data[0] == 'A' && item->size == PyBytes_GET_SIZE(value) + 6)
+        item->data[0] == XN_OP_BYTES && item->size == PyBytes_GET_SIZE(value) + XN_LONE_BYTES_EXTRA)
         xn_connection_expect_bytes(c, PyBytes_GET_SIZE(value)); /* more may follow */
     xn_connection_recycle(c, item);
     return value;

@@ -1,4 +1,4 @@
-/* rsync.c: the file work of RSync (doc/rsync.md, RSYNC.md): MD5 digests,
+/* rsync.c: the file work of RSync (doc/rsync.md): MD5 digests,
  * whole-file reads and writes, each done with the GIL released. */
 
 #include "execnet.h"

@@ -1,4 +1,4 @@
-/* serializer.c: dumps() and dumps_internal(), the encoding half of WIRE.md §7.
+/* serializer.c: dumps() and dumps_internal(), the encoding of values (doc/protocol.md).
  * The C twin of _encode() and friends in execnet/gateway_base.py. */
 
 #include "execnet.h"
@@ -16,7 +16,7 @@ typedef struct {
     Py_ssize_t n;           /* item slots (a dict has two per entry) */
     Py_ssize_t next;        /* the next slot to encode */
     int level;              /* nesting level of the items */
-    unsigned char kind;     /* 'K' list, 'J' dict, '@' 'O' 'E' */
+    unsigned char kind;     /* XN_OP_NEWLIST, XN_OP_NEWDICT, or a BUILDTUPLE, SET, FROZENSET */
 } frame;
 
 /* A large byte string of the output that is not copied into the encoder's
@@ -315,7 +315,7 @@ put_int(encoder *e, PyObject *obj)
             return -1;
         }
         if (v >= INT32_MIN && v <= INT32_MAX) {
-            return put_op_i32(e, 'F', (int32_t)v);
+            return put_op_i32(e, XN_OP_INT, (int32_t)v);
         }
     }
     text = PyObject_Str(obj);
@@ -323,7 +323,7 @@ put_int(encoder *e, PyObject *obj)
         return -1;
     }
     digits = PyUnicode_AsUTF8AndSize(text, &n);
-    rc = digits == NULL ? -1 : put_sized(e, 'H', digits, n, text, "string");
+    rc = digits == NULL ? -1 : put_sized(e, XN_OP_LONGINT, digits, n, text, "string");
     Py_DECREF(text);
     return rc;
 }
@@ -343,7 +343,7 @@ put_str(encoder *e, PyObject *obj)
         }
         return -1;
     }
-    return put_sized(e, 'N', data, n, obj, "string");
+    return put_sized(e, XN_OP_PY3STRING, data, n, obj, "string");
 }
 
 /* Returns 0, having written B + the channel id packed as struct's "!i"
@@ -359,7 +359,7 @@ put_channel_id(encoder *e, PyObject *id)
         int overflow;
         long v = PyLong_AsLongAndOverflow(id, &overflow);
         if (overflow == 0 && v >= INT32_MIN && v <= INT32_MAX) {
-            return put_op_i32(e, 'B', (int32_t)v);
+            return put_op_i32(e, XN_OP_CHANNEL, (int32_t)v);
         }
         if (v == -1 && PyErr_Occurred()) {
             return -1;
@@ -382,7 +382,7 @@ put_channel_id(encoder *e, PyObject *id)
     if (p == NULL) {
         goto error;
     }
-    p[0] = 'B';
+    p[0] = XN_OP_CHANNEL;
     memcpy(p + 1, PyBytes_AS_STRING(packed), 4);
     rc = 0;
 
@@ -439,7 +439,7 @@ enter_list(encoder *e, PyObject *list, int level)
         PyErr_SetString(e->st->DumpError, "list is too long");
         return -1;
     }
-    if (put_op_i32(e, 'K', (int32_t)n) < 0) {
+    if (put_op_i32(e, XN_OP_NEWLIST, (int32_t)n) < 0) {
         return -1;
     }
     if (n == 0) {
@@ -454,7 +454,7 @@ enter_list(encoder *e, PyObject *list, int level)
         Py_INCREF(item);
         e->arena[base + i] = item;
     }
-    return push_frame(e, 'K', NULL, base, n, level + 1);
+    return push_frame(e, XN_OP_NEWLIST, NULL, base, n, level + 1);
 }
 
 /* Returns 0, having written a dict's header and opened its frame, or -1. */
@@ -466,7 +466,7 @@ enter_dict(encoder *e, PyObject *dict, int level)
     if (level >= XN_MAX_NESTING) {
         return too_deep(e, dict);
     }
-    if (put_op(e, 'J') < 0) {
+    if (put_op(e, XN_OP_NEWDICT) < 0) {
         return -1;
     }
     if (n == 0) {
@@ -489,7 +489,7 @@ enter_dict(encoder *e, PyObject *dict, int level)
         PyErr_SetString(PyExc_RuntimeError, "dictionary changed size");
         return -1;
     }
-    return push_frame(e, 'J', NULL, base, 2 * n, level + 1);
+    return push_frame(e, XN_OP_NEWDICT, NULL, base, 2 * n, level + 1);
 }
 
 /* Returns 0, having opened a tuple's frame (or written an empty tuple), or
@@ -506,11 +506,11 @@ enter_tuple(encoder *e, PyObject *tuple, int level)
         return -1;
     }
     if (n == 0) {
-        return put_op_i32(e, '@', 0);
+        return put_op_i32(e, XN_OP_BUILDTUPLE, 0);
     }
     /* a tuple cannot change: no snapshot needed, and it stays alive as
      * long as whatever holds it, which is an outer frame or the caller */
-    return push_frame(e, '@', ((PyTupleObject *)tuple)->ob_item, 0, n,
+    return push_frame(e, XN_OP_BUILDTUPLE, ((PyTupleObject *)tuple)->ob_item, 0, n,
                       level + 1);
 }
 
@@ -583,18 +583,18 @@ encode_value(encoder *e, PyObject *obj, int level)
         if (p == NULL) {
             return -1;
         }
-        p[0] = 'D';
+        p[0] = XN_OP_FLOAT;
         xn_put_f64(p + 1, PyFloat_AS_DOUBLE(obj));
         return 0;
     }
     if (obj == Py_None) {
-        return put_op(e, 'L');
+        return put_op(e, XN_OP_NONE);
     }
     if (tp == &PyBool_Type) {
-        return put_op(e, obj == Py_True ? 'R' : 'C');
+        return put_op(e, obj == Py_True ? XN_OP_TRUE : XN_OP_FALSE);
     }
     if (tp == &PyBytes_Type) {
-        return put_sized(e, 'A', PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj),
+        return put_sized(e, XN_OP_BYTES, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj),
                          obj, "string");
     }
     if (tp == &PyComplex_Type) {
@@ -602,16 +602,16 @@ encode_value(encoder *e, PyObject *obj, int level)
         if (p == NULL) {
             return -1;
         }
-        p[0] = 'T';
+        p[0] = XN_OP_COMPLEX;
         xn_put_f64(p + 1, PyComplex_RealAsDouble(obj));
         xn_put_f64(p + 9, PyComplex_ImagAsDouble(obj));
         return 0;
     }
     if (tp == &PySet_Type) {
-        return enter_set(e, obj, 'O', level);
+        return enter_set(e, obj, XN_OP_SET, level);
     }
     if (tp == &PyFrozenSet_Type) {
-        return enter_set(e, obj, 'E', level);
+        return enter_set(e, obj, XN_OP_FROZENSET, level);
     }
     return put_other(e, obj);
 }
@@ -634,9 +634,9 @@ encode(encoder *e, PyObject *obj)
         int level;
 
         switch (f->kind) {
-        case 'K':
+        case XN_OP_NEWLIST:
             if (f->next == f->n) {
-                if (put_op(e, 'P') < 0) {
+                if (put_op(e, XN_OP_SETITEM) < 0) {
                     return -1;
                 }
                 pop_frame(e);
@@ -648,16 +648,16 @@ encode(encoder *e, PyObject *obj)
                 return -1;
             }
             if (f->next > 0) {
-                *p++ = 'P';
+                *p++ = XN_OP_SETITEM;
             }
             else {
                 e->len--;
             }
-            p[0] = 'F';
+            p[0] = XN_OP_INT;
             xn_put_i32(p + 1, (int32_t)f->next);
             break;
-        case 'J':
-            if (f->next > 0 && (f->next & 1) == 0 && put_op(e, 'P') < 0) {
+        case XN_OP_NEWDICT:
+            if (f->next > 0 && (f->next & 1) == 0 && put_op(e, XN_OP_SETITEM) < 0) {
                 return -1;
             }
             if (f->next == f->n) {
@@ -671,7 +671,7 @@ encode(encoder *e, PyObject *obj)
                 continue;
             }
             break;
-        default: /* '@' 'O' 'E' */
+        default: /* XN_OP_BUILDTUPLE, XN_OP_SET, XN_OP_FROZENSET */
             if (f->next == f->n) {
                 if (put_op_i32(e, f->kind, (int32_t)f->n) < 0) {
                     return -1;
@@ -690,7 +690,7 @@ encode(encoder *e, PyObject *obj)
             return -1;
         }
     }
-    return put_op(e, 'Q');
+    return put_op(e, XN_OP_STOP);
 }
 
 /* Returns the output of e, its buffer and chunks joined, as a new bytes

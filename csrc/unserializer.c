@@ -1,5 +1,5 @@
-/* unserializer.c: loads() and loads_internal(), the decoding half of WIRE.md
- * §7.  The C twin of the Unserializer class in execnet/gateway_base.py. */
+/* unserializer.c: loads() and loads_internal(), the decoding of values (doc/protocol.md).
+ * The C twin of the Unserializer class in execnet/gateway_base.py. */
 
 #include "execnet.h"
 
@@ -214,19 +214,19 @@ leaf_size(decoder *d, const unsigned char *p)
         return 0;
     }
     switch (p[0]) {
-    case 'N':
+    case XN_OP_PY3STRING:
         if (have < 5 || d->py3str_as_py2str != Py_False) {
             return 0;
         }
         n = xn_get_i32(p + 1);
         return n >= 0 && have - 5 >= n ? 5 + (Py_ssize_t)n : 0;
-    case 'F':
+    case XN_OP_INT:
         return have >= 5 ? 5 : 0;
-    case 'D':
+    case XN_OP_FLOAT:
         return have >= 9 ? 9 : 0;
-    case 'L':
-    case 'R':
-    case 'C':
+    case XN_OP_NONE:
+    case XN_OP_TRUE:
+    case XN_OP_FALSE:
         return 1;
     default:
         return 0;
@@ -241,19 +241,19 @@ leaf_value(decoder *d, const unsigned char *p)
 {
     PyObject *value;
     switch (p[0]) {
-    case 'N':
+    case XN_OP_PY3STRING:
         return decode_utf8(d, (const char *)p + 5, xn_get_i32(p + 1));
-    case 'F':
+    case XN_OP_INT:
         return PyLong_FromLong(xn_get_i32(p + 1));
-    case 'D':
+    case XN_OP_FLOAT:
         return PyFloat_FromDouble(xn_get_f64(p + 1));
-    case 'L':
+    case XN_OP_NONE:
         value = Py_None;
         break;
-    case 'R':
+    case XN_OP_TRUE:
         value = Py_True;
         break;
-    default: /* 'C' */
+    default: /* XN_OP_FALSE */
         value = Py_False;
         break;
     }
@@ -272,11 +272,11 @@ fill_list(decoder *d, PyObject *list, Py_ssize_t next)
         PyObject *value, *old;
         Py_ssize_t vsize;
 
-        if (d->end - p < 6 || p[0] != 'F' || xn_get_i32(p + 1) != next) {
+        if (d->end - p < 6 || p[0] != XN_OP_INT || xn_get_i32(p + 1) != next) {
             return 0;
         }
         vsize = leaf_size(d, p + 5);
-        if (vsize == 0 || d->end - p == 5 + vsize || p[5 + vsize] != 'P') {
+        if (vsize == 0 || d->end - p == 5 + vsize || p[5 + vsize] != XN_OP_SETITEM) {
             return 0;
         }
         value = leaf_value(d, p + 5);
@@ -313,7 +313,7 @@ fill_dict(decoder *d, PyObject *dict)
         }
         vsize = leaf_size(d, p + ksize);
         if (vsize == 0 || d->end - p == ksize + vsize ||
-            p[ksize + vsize] != 'P') {
+            p[ksize + vsize] != XN_OP_SETITEM) {
             return 0;
         }
         key = leaf_value(d, p);
@@ -379,15 +379,15 @@ op_string(decoder *d, unsigned char op)
     if (read_sized(d, &data, &n) < 0) {
         return -1;
     }
-    if (op == 'S') {
+    if (op == XN_OP_UNICODE) {
         return push(d, decode_utf8(d, data, n), 0);
     }
     flag =
-        PyObject_IsTrue(op == 'M' ? d->py2str_as_py3str : d->py3str_as_py2str);
+        PyObject_IsTrue(op == XN_OP_PY2STRING ? d->py2str_as_py3str : d->py3str_as_py2str);
     if (flag < 0) {
         return -1;
     }
-    if (op == 'M') { /* Latin-1 text, or the bytes */
+    if (op == XN_OP_PY2STRING) { /* Latin-1 text, or the bytes */
         value = flag ? PyUnicode_DecodeLatin1(data, n, NULL)
                      : PyBytes_FromStringAndSize(data, n);
     }
@@ -617,7 +617,7 @@ op_set(decoder *d, unsigned char op)
     if (read_count(d, "set", &n, &depth) < 0) {
         return -1;
     }
-    set = op == 'O' ? PySet_New(NULL) : PyFrozenSet_New(NULL);
+    set = op == XN_OP_SET ? PySet_New(NULL) : PyFrozenSet_New(NULL);
     if (set == NULL) {
         return -1;
     }
@@ -699,51 +699,51 @@ decode(decoder *d)
         }
         op = *d->p++;
         switch (op) {
-        case 'N':
-        case 'M':
-        case 'S':
+        case XN_OP_PY3STRING:
+        case XN_OP_PY2STRING:
+        case XN_OP_UNICODE:
             rc = op_string(d, op);
             break;
-        case 'F':
-        case 'G':
+        case XN_OP_INT:
+        case XN_OP_LONG:
             rc = need(d, 4);
             if (rc == 0) {
                 rc = push_int(d, xn_get_i32(d->p));
                 d->p += 4;
             }
             break;
-        case 'P':
+        case XN_OP_SETITEM:
             rc = op_setitem(d);
             break;
-        case 'J':
+        case XN_OP_NEWDICT:
             rc = op_newdict(d);
             break;
-        case '@':
+        case XN_OP_BUILDTUPLE:
             rc = op_tuple(d);
             break;
-        case 'K':
+        case XN_OP_NEWLIST:
             rc = op_newlist(d);
             break;
-        case 'D':
+        case XN_OP_FLOAT:
             rc = need(d, 8);
             if (rc == 0) {
                 rc = push(d, PyFloat_FromDouble(xn_get_f64(d->p)), 0);
                 d->p += 8;
             }
             break;
-        case 'L':
+        case XN_OP_NONE:
             Py_INCREF(Py_None);
             rc = push(d, Py_None, 0);
             break;
-        case 'R':
+        case XN_OP_TRUE:
             Py_INCREF(Py_True);
             rc = push(d, Py_True, 0);
             break;
-        case 'C':
+        case XN_OP_FALSE:
             Py_INCREF(Py_False);
             rc = push(d, Py_False, 0);
             break;
-        case 'A': {
+        case XN_OP_BYTES: {
             const char *data;
             Py_ssize_t n;
             rc = read_sized(d, &data, &n);
@@ -752,11 +752,11 @@ decode(decoder *d)
             }
             break;
         }
-        case 'H':
-        case 'I':
+        case XN_OP_LONGINT:
+        case XN_OP_LONGLONG:
             rc = op_longint(d);
             break;
-        case 'T':
+        case XN_OP_COMPLEX:
             rc = need(d, 16);
             if (rc == 0) {
                 double real = xn_get_f64(d->p), imag = xn_get_f64(d->p + 8);
@@ -764,14 +764,14 @@ decode(decoder *d)
                 d->p += 16;
             }
             break;
-        case 'O':
-        case 'E':
+        case XN_OP_SET:
+        case XN_OP_FROZENSET:
             rc = op_set(d, op);
             break;
-        case 'B':
+        case XN_OP_CHANNEL:
             rc = op_channel(d);
             break;
-        case 'Q':
+        case XN_OP_STOP:
             if (d->height != 1) {
                 PyErr_SetString(d->st->LoadError,
                                 "internal unserialization error");

@@ -1,5 +1,5 @@
-/* wire.c: byte-level routines of the wire format (WIRE.md), free of Python.
- * Owns the message header layout; the operand helpers are in execnet.h. */
+/* wire.c: byte-level routines of the wire format (doc/protocol.md), free of Python.
+ * Owns the message header layout; the constants are in wire.h, the operand helpers in execnet.h. */
 
 #define XN_WIRE_ONLY
 #include "execnet.h"
@@ -106,44 +106,44 @@ xn_payload_plausible(const unsigned char *p, size_t n)
         size_t left = n - pos;
         int32_t v;
         switch (op) {
-        case 'L': case 'R': case 'C': case 'J':
+        case XN_OP_NONE: case XN_OP_TRUE: case XN_OP_FALSE: case XN_OP_NEWDICT:
             height++;
             break;
-        case 'F': case 'G': case 'B':
+        case XN_OP_INT: case XN_OP_LONG: case XN_OP_CHANNEL:
             if (left < 4)
                 return 0;
             pos += 4;
             height++;
             break;
-        case 'D':
-        case 'T':
-            if (left < (op == 'D' ? 8u : 16u))
+        case XN_OP_FLOAT:
+        case XN_OP_COMPLEX:
+            if (left < (op == XN_OP_FLOAT ? 8u : 16u))
                 return 0;
-            pos += op == 'D' ? 8 : 16;
+            pos += op == XN_OP_FLOAT ? 8 : 16;
             height++;
             break;
-        case 'A': case 'M': case 'N': case 'S': case 'H': case 'I':
+        case XN_OP_BYTES: case XN_OP_PY2STRING: case XN_OP_PY3STRING: case XN_OP_UNICODE: case XN_OP_LONGINT: case XN_OP_LONGLONG:
             if (!length_operand(p, &pos, left, &v))
                 return 0;
-            if ((op == 'N' || op == 'S') && !valid_utf8(p + pos, (size_t)v))
+            if ((op == XN_OP_PY3STRING || op == XN_OP_UNICODE) && !valid_utf8(p + pos, (size_t)v))
                 return 0;
-            if ((op == 'H' || op == 'I') && !plausible_int_text(p + pos, (size_t)v))
+            if ((op == XN_OP_LONGINT || op == XN_OP_LONGLONG) && !plausible_int_text(p + pos, (size_t)v))
                 return 0;
             pos += (size_t)v;
             height++;
             break;
-        case 'K':
+        case XN_OP_NEWLIST:
             /* a list's size: each item takes a byte at least */
             if (!length_operand(p, &pos, left, &v))
                 return 0;
             height++;
             break;
-        case 'P':
+        case XN_OP_SETITEM:
             if (height < 3)
                 return 0;
             height -= 2;
             break;
-        case '@': case 'O': case 'E':
+        case XN_OP_BUILDTUPLE: case XN_OP_SET: case XN_OP_FROZENSET:
             if (left < 4)
                 return 0;
             v = xn_get_i32(p + pos);
@@ -152,7 +152,7 @@ xn_payload_plausible(const unsigned char *p, size_t n)
                 return 0;
             height = height - (size_t)v + 1;
             break;
-        case 'Q':
+        case XN_OP_STOP:
             return height == 1;
         default:
             return 0;
