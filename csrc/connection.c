@@ -31,11 +31,13 @@ static int
 parse_code_id(PyObject *const *args, int *code, int32_t *channelid)
 {
     long c = PyLong_AsLong(args[0]);
-    if (c == -1 && PyErr_Occurred())
+    if (c == -1 && PyErr_Occurred()) {
         return -1;
+    }
     long id = PyLong_AsLong(args[1]);
-    if (id == -1 && PyErr_Occurred())
+    if (id == -1 && PyErr_Occurred()) {
         return -1;
+    }
     if (c < -128 || c > 127 || id < INT32_MIN || id > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "message code or channel id out of range");
         return -1;
@@ -56,13 +58,16 @@ conn_send(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "send() takes 3 arguments (code, channelid, item)");
         return NULL;
     }
-    if (parse_code_id(args, &code, &channelid) < 0)
+    if (parse_code_id(args, &code, &channelid) < 0) {
         return NULL;
+    }
     xn_state *st = xn_state_of_type(Py_TYPE(c));
-    if (st == NULL || xn_require_installed(st) < 0)
+    if (st == NULL || xn_require_installed(st) < 0) {
         return NULL;
-    if (xn_write_message(st, args[2], code, channelid, xn_writer_send, c->writer) < 0)
+    }
+    if (xn_write_message(st, args[2], code, channelid, xn_writer_send, c->writer) < 0) {
         return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -77,15 +82,18 @@ conn_send_raw(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "send_raw() takes 3 arguments (code, channelid, payload)");
         return NULL;
     }
-    if (parse_code_id(args, &code, &channelid) < 0)
+    if (parse_code_id(args, &code, &channelid) < 0) {
         return NULL;
+    }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0)
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
+    }
     int rc = xn_writer_send_frame(c->writer, code, channelid, view.buf, view.len);
     PyBuffer_Release(&view);
-    if (rc < 0)
+    if (rc < 0) {
         return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -94,7 +102,7 @@ static PyObject *
 conn_close_write(xn_connection *c, PyObject *Py_UNUSED(ignored))
 {
     Py_BEGIN_ALLOW_THREADS
-    xn_writer_close(c->writer);
+        xn_writer_close(c->writer);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -135,18 +143,21 @@ conn_queue(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     long id = PyLong_AsLong(args[0]);
-    if (id == -1 && PyErr_Occurred())
+    if (id == -1 && PyErr_Occurred()) {
         return NULL;
+    }
     if (id < INT32_MIN || id > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "channel id out of range");
         return NULL;
     }
     xn_state *st = xn_state_of_type(Py_TYPE(c));
-    if (st == NULL)
+    if (st == NULL) {
         return NULL;
+    }
     xn_queue *q = (xn_queue *)PyObject_CallOneArg((PyObject *)st->ItemQueueType, args[1]);
-    if (q == NULL)
+    if (q == NULL) {
         return NULL;
+    }
     q->channelid = (int32_t)id;
     q->connection = Py_NewRef((PyObject *)c);
     q->lock = &c->state_lock;
@@ -167,8 +178,9 @@ static PyObject *
 conn_forget(xn_connection *c, PyObject *arg)
 {
     long id = PyLong_AsLong(arg);
-    if (id == -1 && PyErr_Occurred())
+    if (id == -1 && PyErr_Occurred()) {
         return NULL;
+    }
     if (id >= INT32_MIN && id <= INT32_MAX) {
         pthread_mutex_lock(&c->table_lock);
         xn_table_remove(c, (int32_t)id, NULL);
@@ -189,30 +201,37 @@ conn_pump(xn_connection *c, PyObject *const *args, Py_ssize_t nargs, PyObject *k
 {
     static const char *const names[] = {"mark", "timeout"};
     PyObject *params[2];
-    if (xn_parse_args("pump", args, nargs, kwnames, names, 2, 1, params) < 0)
+    if (xn_parse_args("pump", args, nargs, kwnames, names, 2, 1, params) < 0) {
         return NULL;
+    }
     unsigned long long mark = PyLong_AsUnsignedLongLong(params[0]);
-    if (mark == (unsigned long long)-1 && PyErr_Occurred())
+    if (mark == (unsigned long long)-1 && PyErr_Occurred()) {
         return NULL;
+    }
     int64_t deadline;
-    if (xn_deadline(params[1], &deadline) < 0)
+    if (xn_deadline(params[1], &deadline) < 0) {
         return NULL;
+    }
     for (;;) {
         int64_t slice_end = xn_monotonic_ns() + PUMP_SLICE_NS;
-        if (deadline >= 0 && deadline < slice_end)
+        if (deadline >= 0 && deadline < slice_end) {
             slice_end = deadline;
+        }
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = xn_reader_pump_slice(c, (uint64_t)mark, slice_end);
+            rc = xn_reader_pump_slice(c, (uint64_t)mark, slice_end);
         Py_END_ALLOW_THREADS
-        if (rc != XN_PUMP_SLICE)
+        if (rc != XN_PUMP_SLICE) {
             return PyBool_FromLong(rc == XN_PUMP_DISPATCHED);
-        if (PyErr_CheckSignals() < 0)
+        }
+        if (PyErr_CheckSignals() < 0) {
             return NULL;
+        }
         if (deadline >= 0 && xn_monotonic_ns() >= deadline) {
             xn_state *st = xn_state_of_type(Py_TYPE(c));
-            if (st != NULL && xn_require_installed(st) == 0)
+            if (st != NULL && xn_require_installed(st) == 0) {
                 PyErr_Format(st->TimeoutError, "nothing handled after %R seconds", params[1]);
+            }
             return NULL;
         }
     }
@@ -238,8 +257,9 @@ static int
 init_sync(xn_connection *c)
 {
     pthread_condattr_t attr;
-    if (pthread_condattr_init(&attr) != 0)
+    if (pthread_condattr_init(&attr) != 0) {
         return -1;
+    }
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     int ok = pthread_mutex_init(&c->table_lock, NULL) == 0;
     ok = ok && pthread_mutex_init(&c->read_lock, NULL) == 0;
@@ -247,8 +267,9 @@ init_sync(xn_connection *c)
     ok = ok && pthread_cond_init(&c->get_cond, &attr) == 0;
     ok = ok && pthread_cond_init(&c->io_cond, &attr) == 0;
     pthread_condattr_destroy(&attr);
-    if (!ok)
+    if (!ok) {
         return -1; /* (a partial set leaks, on a failure that does not happen) */
+    }
     c->locks_ready = 1;
     return 0;
 }
@@ -262,16 +283,18 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     int rfd, wfd;
     PyObject *dispatch, *inline_dispatch = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiO|O:Connection", kwlist, &rfd, &wfd,
-                                     &dispatch, &inline_dispatch))
+                                     &dispatch, &inline_dispatch)) {
         return NULL;
+    }
     if (!PyCallable_Check(dispatch) ||
         (inline_dispatch != Py_None && !PyCallable_Check(inline_dispatch))) {
         PyErr_SetString(PyExc_TypeError, "dispatch and inline must be callable");
         return NULL;
     }
     xn_connection *c = (xn_connection *)type->tp_alloc(type, 0);
-    if (c == NULL)
+    if (c == NULL) {
         return NULL;
+    }
     c->rfd = -1;
     if (init_sync(c) < 0) {
         Py_DECREF(c);
@@ -293,8 +316,9 @@ conn_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     (void)fcntl(wfd, F_SETPIPE_SZ, PIPE_SIZE);
 #endif
     c->dispatch = Py_NewRef(dispatch);
-    if (inline_dispatch != Py_None)
+    if (inline_dispatch != Py_None) {
         c->inline_dispatch = Py_NewRef(inline_dispatch);
+    }
     return (PyObject *)c;
 }
 

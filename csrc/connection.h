@@ -102,10 +102,10 @@ typedef struct xn_writer {
     pthread_mutex_t lock; /* write_lock */
     pthread_cond_t flush_cond;
     /* guarded by lock */
-    int refs;          /* the connection, and the flusher while it runs */
-    int writing;       /* a thread is writing fd (it owns fd and ring) */
-    int failed;        /* a write failed: every later send fails */
-    int closed;        /* close_write(): fd closed once nobody writes */
+    int refs;            /* the connection, and the flusher while it runs */
+    int writing;         /* a thread is writing fd (it owns fd and ring) */
+    int failed;          /* a write failed: every later send fails */
+    int closed;          /* close_write(): fd closed once nobody writes */
     xn_buffer unwritten; /* appended while another thread writes */
     int64_t last_send_ns;
     int close_sends; /* data sends in a row, each soon after the one before */

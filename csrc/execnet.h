@@ -49,8 +49,8 @@ xn_put_i32(unsigned char *p, int32_t v)
 static inline int32_t
 xn_get_i32(const unsigned char *p)
 {
-    uint32_t u = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-                 ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+    uint32_t u =
+        ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
     /* two's complement without relying on an implementation-defined cast */
     if (u <= (uint32_t)INT32_MAX) {
         return (int32_t)u;
@@ -84,15 +84,13 @@ xn_get_f64(const unsigned char *p)
 }
 
 /* Writes the message header for a payload of length bytes at p. */
-void xn_put_header(unsigned char *p, int8_t msgcode, int32_t channel,
-                   int32_t length);
+void xn_put_header(unsigned char *p, int8_t msgcode, int32_t channel, int32_t length);
 /* Returns 1 if the payload p[0..n) is a well-formed serialized value as far
  * as can be told without building it, else 0. */
 int xn_payload_plausible(const unsigned char *p, size_t n);
 
 /* Reads the message header at p into its three fields (returns nothing). */
-void xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel,
-                   int32_t *length);
+void xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel, int32_t *length);
 
 #ifndef XN_WIRE_ONLY
 
@@ -104,20 +102,20 @@ void xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel,
 
 /* Attribute and key names, created once per module object.  Each entry
  * becomes a field `s_<name>` of xn_state holding the string "<text>". */
-#define XN_STRINGS(X)                                                          \
-    X(DUMPFORMAT_VERSION, "DUMPFORMAT_VERSION")                                \
-    X(DumpError, "DumpError")                                                  \
-    X(LoadError, "LoadError")                                                  \
-    X(TimeoutError, "TimeoutError")                                            \
-    X(Unserializer, "Unserializer")                                            \
-    X(load, "load")                                                            \
-    X(read, "read")                                                            \
-    X(gateway, "gateway")                                                      \
-    X(channelfactory, "_channelfactory")                                       \
-    X(new, "new")                                                              \
-    X(strconfig, "_strconfig")                                                 \
-    X(id, "id")                                                                \
-    X(name, "__name__")                                                        \
+#define XN_STRINGS(X)                           \
+    X(DUMPFORMAT_VERSION, "DUMPFORMAT_VERSION") \
+    X(DumpError, "DumpError")                   \
+    X(LoadError, "LoadError")                   \
+    X(TimeoutError, "TimeoutError")             \
+    X(Unserializer, "Unserializer")             \
+    X(load, "load")                             \
+    X(read, "read")                             \
+    X(gateway, "gateway")                       \
+    X(channelfactory, "_channelfactory")        \
+    X(new, "new")                               \
+    X(strconfig, "_strconfig")                  \
+    X(id, "id")                                 \
+    X(name, "__name__")                         \
     X(Channel, "Channel")
 
 typedef struct {
@@ -160,8 +158,7 @@ PyObject *xn_dumpformat_version(xn_state *st);
  * first used elements of block, or NULL with MemoryError set (block is
  * then left as it was).  block is a heap block (or NULL), which this frees
  * or reuses, or else, if is_inline, a buffer inside a struct. */
-void *xn_grow_block(void *block, int is_inline, Py_ssize_t used,
-                    Py_ssize_t new_cap, size_t elsize);
+void *xn_grow_block(void *block, int is_inline, Py_ssize_t used, Py_ssize_t new_cap, size_t elsize);
 
 /* Raises exc_type(formatted message) with its cause suppressed, as Python's
  * `raise ... from None` does.  Returns -1 (for `return xn_raise...`). */
@@ -175,9 +172,8 @@ PyObject *xn_fetch_exception(void);
  * METH_KEYWORDS argument list (positional first, then keywords by name;
  * absent optional parameters are left NULL), or -1 with TypeError set.
  * The messages follow those of a Python function with the same signature. */
-int xn_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                  PyObject *kwnames, const char *const *names, int nparams,
-                  int nrequired, PyObject **out);
+int xn_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                  const char *const *names, int nparams, int nrequired, PyObject **out);
 
 /* ---- serializer.c, unserializer.c ---------------------------------------- */
 
@@ -207,8 +203,7 @@ int xn_write_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid
 /* Returns the value of the message payload data[0..n) (new reference), or
  * NULL with an exception set.  Channel references and the string config
  * come from owner, a channel (or gateway), as in loads_internal(). */
-PyObject *xn_load_payload(xn_state *st, const char *data, Py_ssize_t n,
-                          PyObject *owner);
+PyObject *xn_load_payload(xn_state *st, const char *data, Py_ssize_t n, PyObject *owner);
 
 /* ---- rsync.c ------------------------------------------------------------- */
 

@@ -83,13 +83,15 @@ read_fully(int fd, char *dst, Py_ssize_t size, int *err)
     while (got < size) {
         ssize_t n = read(fd, dst + got, (size_t)(size - got));
         if (n < 0) {
-            if (errno == EINTR)
+            if (errno == EINTR) {
                 continue;
+            }
             *err = errno;
             return -1;
         }
-        if (n == 0)
+        if (n == 0) {
             break;
+        }
         got += n;
     }
     return got;
@@ -100,14 +102,16 @@ read_fully(int fd, char *dst, Py_ssize_t size, int *err)
  * item, if given, holds the payload; ownership passes on success.
  * Returns 1 if queued. No GIL needed. */
 static int
-try_native(xn_connection *c, int code, int32_t channelid, const char *payload,
-           Py_ssize_t size, xn_item *item)
+try_native(xn_connection *c, int code, int32_t channelid, const char *payload, Py_ssize_t size,
+           xn_item *item)
 {
-    if (code != XN_MSG_CHANNEL_DATA)
+    if (code != XN_MSG_CHANNEL_DATA) {
         return 0;
+    }
     const char *data = item ? xn_item_data(item) : payload;
-    if (!xn_payload_plausible((const unsigned char *)data, (size_t)size))
+    if (!xn_payload_plausible((const unsigned char *)data, (size_t)size)) {
         return 0;
+    }
     int queued = 0;
     pthread_mutex_lock(&c->table_lock);
     xn_queue *q = xn_table_lookup(c, channelid);
@@ -115,13 +119,15 @@ try_native(xn_connection *c, int code, int32_t channelid, const char *payload,
         xn_item *copy = item;
         if (copy == NULL) {
             copy = xn_item_new(size);
-            if (copy != NULL)
+            if (copy != NULL) {
                 memcpy(xn_item_data(copy), payload, (size_t)size);
+            }
         }
         if (copy != NULL) {
             queued = xn_queue_push(q, copy);
-            if (!queued && copy != item)
+            if (!queued && copy != item) {
                 free(copy);
+            }
         }
     }
     pthread_mutex_unlock(&c->table_lock);
@@ -142,8 +148,9 @@ call_dispatch(xn_connection *c, int code, int32_t channelid, PyObject *payload)
     }
     Py_XDECREF(pycode);
     Py_XDECREF(pyid);
-    if (result == NULL)
+    if (result == NULL) {
         return -1;
+    }
     Py_DECREF(result);
     return 0;
 }
@@ -154,8 +161,9 @@ count_dispatch(xn_connection *c)
 {
     pthread_mutex_lock(&c->state_lock);
     c->dispatched++;
-    if (c->pumpers > 0)
+    if (c->pumpers > 0) {
         pthread_cond_broadcast(&c->get_cond);
+    }
     pthread_mutex_unlock(&c->state_lock);
 }
 
@@ -167,8 +175,9 @@ dispatch_frame(xn_connection *c, gil_hold *g, int code, int32_t channelid, const
 {
     take_gil(g);
     PyObject *bytes = PyBytes_FromStringAndSize(data, size);
-    if (bytes == NULL)
+    if (bytes == NULL) {
         return -1;
+    }
     int rc = call_dispatch(c, code, channelid, bytes);
     Py_DECREF(bytes);
     count_dispatch(c);
@@ -181,11 +190,11 @@ dispatch_frame(xn_connection *c, gil_hold *g, int code, int32_t channelid, const
  * the IO thread's, -1 if the dispatcher raised: that ends reading, and the
  * IO thread reports the exception. */
 static int
-dispatch_inline(xn_connection *c, int code, int32_t channelid, const char *data,
-                Py_ssize_t size)
+dispatch_inline(xn_connection *c, int code, int32_t channelid, const char *data, Py_ssize_t size)
 {
-    if (c->inline_dispatch == NULL || xn_is_finalizing())
+    if (c->inline_dispatch == NULL || xn_is_finalizing()) {
         return 0;
+    }
     PyGILState_STATE gstate = PyGILState_Ensure();
     int handled = 0;
     PyObject *fn = c->inline_dispatch;
@@ -198,24 +207,28 @@ dispatch_inline(xn_connection *c, int code, int32_t channelid, const char *data,
         handled = result == NULL ? -1 : PyObject_IsTrue(result);
         Py_XDECREF(result);
     }
-    else if (fn != NULL)
+    else if (fn != NULL) {
         handled = -1;
+    }
     Py_XDECREF(pycode);
     Py_XDECREF(pyid);
     Py_XDECREF(payload);
     if (handled < 0) {
         PyObject *exc = xn_fetch_exception();
         pthread_mutex_lock(&c->state_lock);
-        if (c->inline_error == NULL && !c->read_ended)
+        if (c->inline_error == NULL && !c->read_ended) {
             c->inline_error = exc;
-        else
+        }
+        else {
             Py_XSETREF(exc, NULL);
+        }
         pthread_mutex_unlock(&c->state_lock);
         set_end(c, END_PROTOCOL, 0, "the inline dispatcher failed");
     }
     PyGILState_Release(gstate);
-    if (handled != 0)
+    if (handled != 0) {
         count_dispatch(c);
+    }
     return handled;
 }
 
@@ -228,11 +241,13 @@ big_item(xn_connection *c, Py_ssize_t size, Py_ssize_t have)
 {
     pthread_mutex_lock(&c->state_lock);
     xn_item *item = xn_item_reuse(c->spare, size);
-    if (item != NULL)
+    if (item != NULL) {
         c->spare = NULL;
+    }
     pthread_mutex_unlock(&c->state_lock);
-    if (item != NULL)
+    if (item != NULL) {
         return item;
+    }
     Py_ssize_t first = size < BIG_FIRST_BYTES ? size : BIG_FIRST_BYTES;
     return xn_item_new(first > have ? first : have);
 }
@@ -247,8 +262,9 @@ read_big_payload(int fd, xn_item **item, Py_ssize_t have, Py_ssize_t size, int *
     Py_ssize_t done = have;
     while (done < size) {
         Py_ssize_t room = xn_item_capacity(*item);
-        if (room > size)
+        if (room > size) {
             room = size; /* the spare item, bigger */
+        }
         if (room == done) {
             room = room < size / 2 ? room * 2 : size;
             xn_item *bigger = xn_item_grow(*item, room);
@@ -259,11 +275,13 @@ read_big_payload(int fd, xn_item **item, Py_ssize_t have, Py_ssize_t size, int *
             *item = bigger;
         }
         Py_ssize_t got = read_fully(fd, xn_item_data(*item) + done, room - done, err);
-        if (got < 0)
+        if (got < 0) {
             return -1;
+        }
         done += got;
-        if (done < room)
+        if (done < room) {
             break; /* end of file */
+        }
     }
     return done - have;
 }
@@ -307,8 +325,9 @@ static void
 release_object(xn_connection *c, gil_hold *g, PyObject *obj)
 {
     (void)c;
-    if (xn_is_finalizing())
+    if (xn_is_finalizing()) {
         return; /* the process ends: left as it is */
+    }
     if (g != NULL) {
         take_gil(g);
         Py_DECREF(obj);
@@ -371,8 +390,9 @@ queue_decoded(xn_connection *c, int32_t channelid, PyObject *bytes)
         xn_item *item = xn_item_of_value(bytes);
         if (item != NULL) {
             queued = xn_queue_push(q, item);
-            if (!queued)
+            if (!queued) {
                 free(item); /* its value was not its own yet */
+            }
         }
     }
     pthread_mutex_unlock(&c->table_lock);
@@ -393,13 +413,15 @@ read_lone_bytes(xn_connection *c, gil_hold *g, int32_t channelid, const char *pa
     Py_ssize_t have_data = have - 5; /* have < size: no stop byte yet */
     memcpy(dst, payload + 5, (size_t)have_data);
     c->rstart = c->rend = 0;
-    if (g != NULL)
+    if (g != NULL) {
         drop_gil(g);
+    }
     int err = 0;
     char stop = 0;
     Py_ssize_t got = read_fully(c->rfd, dst + have_data, n - have_data, &err);
-    if (got == n - have_data)
+    if (got == n - have_data) {
         got += read_fully(c->rfd, &stop, 1, &err);
+    }
     if (got < n - have_data + 1) {
         return_spare_bytes(c, g, bytes);
         char text[160];
@@ -408,8 +430,9 @@ read_lone_bytes(xn_connection *c, gil_hold *g, int32_t channelid, const char *pa
         set_end(c, got < 0 ? END_OS : END_EOF, err, text);
         return -1;
     }
-    if (stop == XN_OP_STOP && queue_decoded(c, channelid, bytes.object))
+    if (stop == XN_OP_STOP && queue_decoded(c, channelid, bytes.object)) {
         return 1;
+    }
     *item = xn_item_new(size);
     if (*item != NULL) {
         char *out = xn_item_data(*item);
@@ -440,16 +463,19 @@ parse_frames(xn_connection *c, gil_hold *g)
         if (g == NULL) {
             rc = dispatch_inline(c, c->pending_code, c->pending_id, xn_item_data(item),
                                  c->pending_size);
-            if (rc == 0)
+            if (rc == 0) {
                 return PARSE_HANDOFF;
+            }
         }
-        else
+        else {
             rc = dispatch_frame(c, g, c->pending_code, c->pending_id, xn_item_data(item),
                                 c->pending_size);
+        }
         c->pending = NULL;
         free(item);
-        if (rc < 0)
+        if (rc < 0) {
             return g == NULL ? PARSE_END : PARSE_PYERR;
+        }
     }
     for (;;) {
         Py_ssize_t avail = c->rend - c->rstart;
@@ -463,13 +489,15 @@ parse_frames(xn_connection *c, gil_hold *g)
         int32_t size = xn_get_i32(h + 5);
         if (size < 0 || code < 0 || code > XN_MSG_MAX) {
             char text[160];
-            if (size < 0)
+            if (size < 0) {
                 snprintf(text, sizeof(text), "invalid message: negative length %d (channel %d)",
                          (int)size, (int)channelid);
-            else
+            }
+            else {
                 snprintf(text, sizeof(text),
                          "invalid message: unknown message code %d (channel %d)", code,
                          (int)channelid);
+            }
             set_end(c, END_PROTOCOL, 0, text);
             return PARSE_END;
         }
@@ -482,16 +510,19 @@ parse_frames(xn_connection *c, gil_hold *g)
             }
             if (g == NULL) {
                 int rc = dispatch_inline(c, code, channelid, payload, size);
-                if (rc == 0)
+                if (rc == 0) {
                     return PARSE_HANDOFF; /* left in the buffer */
+                }
                 c->rstart += XN_HEADER_SIZE + size;
-                if (rc < 0)
+                if (rc < 0) {
                     return PARSE_END;
+                }
                 continue;
             }
             c->rstart += XN_HEADER_SIZE + size;
-            if (dispatch_frame(c, g, code, channelid, payload, size) < 0)
+            if (dispatch_frame(c, g, code, channelid, payload, size) < 0) {
                 return PARSE_PYERR;
+            }
             continue;
         }
         if (size < XN_DIRECT_PAYLOAD) {
@@ -504,12 +535,14 @@ parse_frames(xn_connection *c, gil_hold *g)
         int queued;
         xn_raw_bytes bytes = {NULL, 0, NULL};
         if (code == XN_MSG_CHANNEL_DATA && have >= 5 && payload[0] == XN_OP_BYTES &&
-            xn_get_i32((const unsigned char *)payload + 1) == size - XN_LONE_BYTES_EXTRA)
+            xn_get_i32((const unsigned char *)payload + 1) == size - XN_LONE_BYTES_EXTRA) {
             bytes = take_spare_bytes(c, size - XN_LONE_BYTES_EXTRA);
+        }
         if (bytes.object != NULL) {
             queued = read_lone_bytes(c, g, channelid, payload, have, size, bytes, &item);
-            if (queued < 0)
+            if (queued < 0) {
                 return PARSE_END;
+            }
         }
         else {
             item = big_item(c, size, have);
@@ -519,8 +552,9 @@ parse_frames(xn_connection *c, gil_hold *g)
             }
             memcpy(xn_item_data(item), payload, (size_t)have);
             c->rstart = c->rend = 0;
-            if (g != NULL)
+            if (g != NULL) {
                 drop_gil(g);
+            }
             int err = 0;
             Py_ssize_t got = read_big_payload(c->rfd, &item, have, size, &err);
             if (got < size - have) {
@@ -534,16 +568,18 @@ parse_frames(xn_connection *c, gil_hold *g)
             queued = try_native(c, code, channelid, NULL, size, item);
         }
         if (queued) {
-            if (g == NULL)
+            if (g == NULL) {
                 return PARSE_HANDOFF; /* the IO thread reads on while we decode */
+            }
             continue;
         }
         if (g == NULL) {
             int rc = dispatch_inline(c, code, channelid, xn_item_data(item), size);
             if (rc != 0) {
                 free(item);
-                if (rc < 0)
+                if (rc < 0) {
                     return PARSE_END;
+                }
                 continue;
             }
             c->pending = item;
@@ -554,8 +590,9 @@ parse_frames(xn_connection *c, gil_hold *g)
         }
         int rc = dispatch_frame(c, g, code, channelid, xn_item_data(item), size);
         free(item);
-        if (rc < 0)
+        if (rc < 0) {
             return PARSE_PYERR;
+        }
     }
 }
 
@@ -570,16 +607,20 @@ make_room(xn_connection *c)
         c->rstart = 0;
     }
     Py_ssize_t want = c->need - c->rend;
-    if (want < READ_CHUNK / 2)
+    if (want < READ_CHUNK / 2) {
         want = READ_CHUNK / 2;
-    if (c->rcap - c->rend >= want)
+    }
+    if (c->rcap - c->rend >= want) {
         return 0;
+    }
     Py_ssize_t cap = c->rcap ? c->rcap : READ_CHUNK;
-    while (cap - c->rend < want)
+    while (cap - c->rend < want) {
         cap *= 2;
+    }
     char *buf = realloc(c->rbuf, (size_t)cap);
-    if (buf == NULL)
+    if (buf == NULL) {
         return -1;
+    }
     c->rbuf = buf;
     c->rcap = cap;
     return 0;
@@ -604,12 +645,14 @@ read_some(xn_connection *c)
     }
     char text[160];
     Py_ssize_t partial = c->rend - c->rstart;
-    if (partial < XN_HEADER_SIZE)
+    if (partial < XN_HEADER_SIZE) {
         snprintf(text, sizeof(text), "couldn't load message header, expected 9 bytes, got %zd",
                  partial);
-    else
+    }
+    else {
         snprintf(text, sizeof(text), "expected %zd bytes, got %zd", c->need - XN_HEADER_SIZE,
                  partial - XN_HEADER_SIZE);
+    }
     set_end(c, n < 0 ? END_OS : END_EOF, n < 0 ? errno : 0, text);
     return 0;
 }
@@ -623,8 +666,9 @@ xn_spin_setting_ns(void)
 {
     const char *env = getenv("EXECNET_SPIN_US");
     long long us = env != NULL ? atoll(env) : DEFAULT_SPIN_US;
-    if (us < 0 || us > 1000000 || sysconf(_SC_NPROCESSORS_ONLN) < 2)
+    if (us < 0 || us > 1000000 || sysconf(_SC_NPROCESSORS_ONLN) < 2) {
         us = 0;
+    }
     return (int64_t)us * 1000;
 }
 
@@ -637,8 +681,9 @@ xn_spin_setting_ns(void)
 static int
 spin_for_data(xn_connection *c, struct pollfd *pfd)
 {
-    if (c->spin_ns == 0)
+    if (c->spin_ns == 0) {
         return 0;
+    }
     if (c->spin_skips > 0) {
         c->spin_skips--;
         return 0;
@@ -651,10 +696,12 @@ spin_for_data(xn_connection *c, struct pollfd *pfd)
     int64_t spin_end = xn_monotonic_ns() + c->spin_ns * (probing ? SPIN_PROBE : 1);
     while (xn_monotonic_ns() < spin_end && (ready = poll(pfd, 1, 0)) == 0)
         ;
-    if (ready > 0)
+    if (ready > 0) {
         c->spin_failures = 0;
-    else if (probing || ++c->spin_failures >= SPIN_FAILURES)
+    }
+    else if (probing || ++c->spin_failures >= SPIN_FAILURES) {
         c->spin_skips = SPIN_PAUSE;
+    }
     return ready;
 }
 
@@ -667,18 +714,23 @@ read_for_getter(xn_connection *c, int64_t deadline_ns)
     if (rc == PARSE_MORE) {
         struct pollfd pfd = {.fd = c->rfd, .events = POLLIN};
         int ready = poll(&pfd, 1, 0);
-        if (ready == 0)
+        if (ready == 0) {
             ready = spin_for_data(c, &pfd);
+        }
         int64_t wait_ns = deadline_ns - xn_monotonic_ns();
         int ms = wait_ns <= 0 ? 0 : (int)((wait_ns + 999999) / 1000000);
-        if (ready <= 0)
+        if (ready <= 0) {
             ready = poll(&pfd, 1, ms);
-        if (ready <= 0)
+        }
+        if (ready <= 0) {
             return; /* nothing yet (or EINTR): the caller tries again */
-        if (!read_some(c))
+        }
+        if (!read_some(c)) {
             rc = PARSE_END;
-        else
+        }
+        else {
             rc = parse_frames(c, NULL);
+        }
     }
     if (rc == PARSE_HANDOFF || rc == PARSE_END) {
         pthread_mutex_lock(&c->state_lock);
@@ -717,8 +769,9 @@ xn_connection_read_if_free(xn_connection *c, int64_t deadline_ns)
 void
 xn_connection_leave_getters(xn_connection *c)
 {
-    if (--c->getters == 0 && c->io_park_ns > PARK_NS)
+    if (--c->getters == 0 && c->io_park_ns > PARK_NS) {
         pthread_cond_signal(&c->io_cond);
+    }
 }
 
 /* Build the exception that ended reading (GIL held). New reference or NULL. */
@@ -726,8 +779,9 @@ static PyObject *
 make_end_error(xn_connection *c)
 {
     xn_state *st = xn_state_of_type(Py_TYPE(c));
-    if (st == NULL)
+    if (st == NULL) {
         return NULL;
+    }
     switch (c->end_kind) {
     case END_EOF:
         return PyObject_CallFunction(PyExc_EOFError, "s", c->end_text);
@@ -762,8 +816,9 @@ xn_reader_main(void *arg)
             ts.tv_sec = until / 1000000000LL;
             ts.tv_nsec = until % 1000000000LL;
             pthread_cond_timedwait(&c->io_cond, &c->state_lock, &ts);
-            if (c->io_park_ns < PARK_MAX_NS)
+            if (c->io_park_ns < PARK_MAX_NS) {
                 c->io_park_ns *= 2;
+            }
         }
         c->io_park_ns = 0;
         c->handoff = 0;
@@ -780,14 +835,16 @@ xn_reader_main(void *arg)
                 break;
             }
             rc = parse_frames(c, &g);
-            if (rc != PARSE_MORE)
+            if (rc != PARSE_MORE) {
                 break;
+            }
             drop_gil(&g);
             pthread_mutex_lock(&c->state_lock);
             int getters = c->getters;
             pthread_mutex_unlock(&c->state_lock);
-            if (getters > 0)
+            if (getters > 0) {
                 break; /* they read */
+            }
             if (!read_some(c)) {
                 rc = PARSE_END;
                 break;
@@ -804,8 +861,9 @@ xn_reader_main(void *arg)
             drop_gil(&g);
             break;
         }
-        if (rc == PARSE_END)
+        if (rc == PARSE_END) {
             break;
+        }
     }
     /* Getters stop reading; the descriptor is closed before Python hears
      * of the end, so that nothing needs the GIL again afterwards (the
@@ -832,19 +890,21 @@ xn_reader_main(void *arg)
         c->inline_error = NULL;
         pthread_mutex_unlock(&c->state_lock);
     }
-    if (exc == NULL)
+    if (exc == NULL) {
         exc = make_end_error(c);
-    if (exc == NULL)
+    }
+    if (exc == NULL) {
         PyErr_WriteUnraisable(c->dispatch);
-    else if (call_dispatch(c, CODE_END, 0, exc) < 0)
+    }
+    else if (call_dispatch(c, CODE_END, 0, exc) < 0) {
         PyErr_WriteUnraisable(c->dispatch);
+    }
     Py_XDECREF(exc);
     c->reader_running = 0;
     Py_DECREF(c);
     PyGILState_Release(gstate);
     return NULL;
 }
-
 
 /* Read c until slice_end, handling frames inline, unless a frame went to
  * Python since mark or reading ended (no GIL). Returns a PUMP_ value. */
@@ -864,8 +924,9 @@ xn_reader_pump_slice(xn_connection *c, uint64_t mark, int64_t slice_end)
             result = XN_PUMP_END;
             break;
         }
-        if (xn_monotonic_ns() >= slice_end)
+        if (xn_monotonic_ns() >= slice_end) {
             break;
+        }
         if (xn_connection_read_if_free(c, slice_end)) {
             continue;
         }

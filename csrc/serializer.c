@@ -175,8 +175,7 @@ add_chunk(encoder *e, const char *data, Py_ssize_t n, PyObject *owner)
     }
     if (e->nchunks == e->chunks_cap) {
         Py_ssize_t cap = e->chunks_cap == 0 ? 8 : e->chunks_cap * 2;
-        chunk *chunks =
-            xn_grow_block(e->chunks, 0, e->nchunks, cap, sizeof(chunk));
+        chunk *chunks = xn_grow_block(e->chunks, 0, e->nchunks, cap, sizeof(chunk));
         if (chunks == NULL) {
             return -1;
         }
@@ -197,8 +196,8 @@ add_chunk(encoder *e, const char *data, Py_ssize_t n, PyObject *owner)
  * by owner), or -1 with DumpError ("<what> is too long") or MemoryError
  * set. */
 static int
-put_sized(encoder *e, unsigned char op, const char *data, Py_ssize_t n,
-          PyObject *owner, const char *what)
+put_sized(encoder *e, unsigned char op, const char *data, Py_ssize_t n, PyObject *owner,
+          const char *what)
 {
     unsigned char *p;
     if (n > INT32_LIMIT) {
@@ -237,8 +236,8 @@ arena_reserve(encoder *e, Py_ssize_t n)
             PyErr_NoMemory();
             return -1;
         }
-        arena = xn_grow_block(e->arena, e->arena == e->arena_inline,
-                              e->arena_len, cap, sizeof(PyObject *));
+        arena = xn_grow_block(e->arena, e->arena == e->arena_inline, e->arena_len, cap,
+                              sizeof(PyObject *));
         if (arena == NULL) {
             return -1;
         }
@@ -251,14 +250,14 @@ arena_reserve(encoder *e, Py_ssize_t n)
 
 /* Returns 0, having opened a container frame, or -1 with MemoryError set. */
 static int
-push_frame(encoder *e, unsigned char kind, PyObject *const *items,
-           Py_ssize_t base, Py_ssize_t n, int level)
+push_frame(encoder *e, unsigned char kind, PyObject *const *items, Py_ssize_t base, Py_ssize_t n,
+           int level)
 {
     frame *f;
     if (e->nframes == e->frames_cap) {
         Py_ssize_t cap = e->frames_cap * 2;
-        frame *frames = xn_grow_block(e->frames, e->frames == e->frames_inline,
-                                      e->nframes, cap, sizeof(frame));
+        frame *frames =
+            xn_grow_block(e->frames, e->frames == e->frames_inline, e->nframes, cap, sizeof(frame));
         if (frames == NULL) {
             return -1;
         }
@@ -292,8 +291,7 @@ pop_frame(encoder *e)
 static int
 too_deep(encoder *e, PyObject *obj)
 {
-    PyErr_Format(e->st->DumpError,
-                 "can't serialize %S: nested deeper than %d levels",
+    PyErr_Format(e->st->DumpError, "can't serialize %S: nested deeper than %d levels",
                  (PyObject *)Py_TYPE(obj), XN_MAX_NESTING);
     return -1;
 }
@@ -338,8 +336,7 @@ put_str(encoder *e, PyObject *obj)
     if (data == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
             PyErr_Clear();
-            return xn_raise_from_none(e->st->DumpError,
-                                      "strings must be utf-8 encodable");
+            return xn_raise_from_none(e->st->DumpError, "strings must be utf-8 encodable");
         }
         return -1;
     }
@@ -411,8 +408,7 @@ put_other(encoder *e, PyObject *obj)
         return -1;
     }
     if (!is_channel) {
-        PyErr_Format(e->st->DumpError, "can't serialize %S",
-                     (PyObject *)Py_TYPE(obj));
+        PyErr_Format(e->st->DumpError, "can't serialize %S", (PyObject *)Py_TYPE(obj));
         return -1;
     }
     /* the attribute lookup may run Python code: hold obj meanwhile */
@@ -510,8 +506,7 @@ enter_tuple(encoder *e, PyObject *tuple, int level)
     }
     /* a tuple cannot change: no snapshot needed, and it stays alive as
      * long as whatever holds it, which is an outer frame or the caller */
-    return push_frame(e, XN_OP_BUILDTUPLE, ((PyTupleObject *)tuple)->ob_item, 0, n,
-                      level + 1);
+    return push_frame(e, XN_OP_BUILDTUPLE, ((PyTupleObject *)tuple)->ob_item, 0, n, level + 1);
 }
 
 /* Returns 0, having opened a set's or frozenset's frame (or written an
@@ -594,8 +589,8 @@ encode_value(encoder *e, PyObject *obj, int level)
         return put_op(e, obj == Py_True ? XN_OP_TRUE : XN_OP_FALSE);
     }
     if (tp == &PyBytes_Type) {
-        return put_sized(e, XN_OP_BYTES, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj),
-                         obj, "string");
+        return put_sized(e, XN_OP_BYTES, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj), obj,
+                         "string");
     }
     if (tp == &PyComplex_Type) {
         p = out_take(e, 17);
@@ -681,8 +676,7 @@ encode(encoder *e, PyObject *obj)
             }
             break;
         }
-        item =
-            f->items != NULL ? f->items[f->next] : e->arena[f->base + f->next];
+        item = f->items != NULL ? f->items[f->next] : e->arena[f->base + f->next];
         f->next++;
         level = f->level;
         /* f may move: encode_value can grow the frame array */
@@ -758,8 +752,8 @@ error:
  * large byte strings are not copied but passed from the objects holding
  * them. Returns what write returned, or -1 with an exception set. */
 int
-xn_write_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid,
-                 xn_piece_writer write, void *ctx)
+xn_write_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid, xn_piece_writer write,
+                 void *ctx)
 {
     encoder e;
     xn_piece *pieces = NULL;
@@ -805,15 +799,13 @@ done:
 
 static const char *const dumps_params[] = {"obj"};
 
-PyDoc_STRVAR(dumps_doc,
-             "dumps($module, /, obj)\n--\n\n"
-             "Serialize obj to bytes (with the dump format version byte).");
+PyDoc_STRVAR(dumps_doc, "dumps($module, /, obj)\n--\n\n"
+                        "Serialize obj to bytes (with the dump format version byte).");
 
 /* Returns DUMPFORMAT_VERSION + the encoding of obj (new reference), or NULL
  * with an exception set. */
 static PyObject *
-serializer_dumps(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames)
+serializer_dumps(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     xn_state *st = xn_get_state(module);
     PyObject *obj, *version, *body, *result;
@@ -821,8 +813,7 @@ serializer_dumps(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     if (nargs == 1 && kwnames == NULL) {
         obj = args[0];
     }
-    else if (xn_parse_args("dumps", args, nargs, kwnames, dumps_params, 1, 1,
-                           &obj) < 0) {
+    else if (xn_parse_args("dumps", args, nargs, kwnames, dumps_params, 1, 1, &obj) < 0) {
         return NULL;
     }
     if (xn_require_installed(st) < 0) {
@@ -844,16 +835,15 @@ serializer_dumps(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     return result;
 }
 
-PyDoc_STRVAR(
-    dumps_internal_doc,
-    "dumps_internal($module, /, obj)\n--\n\n"
-    "Serialize obj without version byte, as message payloads carry it.");
+PyDoc_STRVAR(dumps_internal_doc,
+             "dumps_internal($module, /, obj)\n--\n\n"
+             "Serialize obj without version byte, as message payloads carry it.");
 
 /* Returns the encoding of obj without version (new reference), or NULL with
  * an exception set. */
 static PyObject *
-serializer_dumps_internal(PyObject *module, PyObject *const *args,
-                          Py_ssize_t nargs, PyObject *kwnames)
+serializer_dumps_internal(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
 {
     xn_state *st = xn_get_state(module);
     PyObject *obj;
@@ -861,8 +851,7 @@ serializer_dumps_internal(PyObject *module, PyObject *const *args,
     if (nargs == 1 && kwnames == NULL) {
         obj = args[0];
     }
-    else if (xn_parse_args("dumps_internal", args, nargs, kwnames, dumps_params,
-                           1, 1, &obj) < 0) {
+    else if (xn_parse_args("dumps_internal", args, nargs, kwnames, dumps_params, 1, 1, &obj) < 0) {
         return NULL;
     }
     if (xn_require_installed(st) < 0) {
@@ -872,8 +861,8 @@ serializer_dumps_internal(PyObject *module, PyObject *const *args,
 }
 
 static PyMethodDef dumps_methods[] = {
-    {"dumps", (PyCFunction)(void (*)(void))serializer_dumps,
-     METH_FASTCALL | METH_KEYWORDS, dumps_doc},
+    {"dumps", (PyCFunction)(void (*)(void))serializer_dumps, METH_FASTCALL | METH_KEYWORDS,
+     dumps_doc},
     {"dumps_internal", (PyCFunction)(void (*)(void))serializer_dumps_internal,
      METH_FASTCALL | METH_KEYWORDS, dumps_internal_doc},
     {NULL, NULL, 0, NULL},

@@ -23,15 +23,18 @@ slot_index(int32_t id, size_t mask)
 xn_queue *
 xn_table_lookup(xn_connection *c, int32_t id)
 {
-    if (c->slots == NULL)
+    if (c->slots == NULL) {
         return NULL;
+    }
     size_t mask = c->capacity - 1;
     for (size_t i = slot_index(id, mask);; i = (i + 1) & mask) {
         table_slot *s = &c->slots[i];
-        if (s->queue == NULL)
+        if (s->queue == NULL) {
             return NULL;
-        if (s->queue != TOMBSTONE && s->id == id)
+        }
+        if (s->queue != TOMBSTONE && s->id == id) {
             return s->queue;
+        }
     }
 }
 
@@ -40,18 +43,22 @@ static int
 table_grow(xn_connection *c)
 {
     size_t newcap = c->capacity ? c->capacity * 2 : 16;
-    while (c->used * 4 >= newcap)
+    while (c->used * 4 >= newcap) {
         newcap *= 2;
+    }
     table_slot *slots = calloc(newcap, sizeof(table_slot));
-    if (slots == NULL)
+    if (slots == NULL) {
         return -1;
+    }
     for (size_t i = 0; i < c->capacity; i++) {
         table_slot *s = &c->slots[i];
-        if (s->queue == NULL || s->queue == TOMBSTONE)
+        if (s->queue == NULL || s->queue == TOMBSTONE) {
             continue;
+        }
         size_t j = slot_index(s->id, newcap - 1);
-        while (slots[j].queue != NULL)
+        while (slots[j].queue != NULL) {
             j = (j + 1) & (newcap - 1);
+        }
         slots[j] = *s;
     }
     free(c->slots);
@@ -66,8 +73,9 @@ table_grow(xn_connection *c)
 int
 xn_table_insert(xn_connection *c, int32_t id, xn_queue *q)
 {
-    if ((c->filled + 1) * 2 > c->capacity && table_grow(c) < 0)
+    if ((c->filled + 1) * 2 > c->capacity && table_grow(c) < 0) {
         return -1;
+    }
     size_t mask = c->capacity - 1;
     table_slot *free_slot = NULL;
     for (size_t i = slot_index(id, mask);; i = (i + 1) & mask) {
@@ -80,8 +88,9 @@ xn_table_insert(xn_connection *c, int32_t id, xn_queue *q)
             break;
         }
         if (s->queue == TOMBSTONE) {
-            if (free_slot == NULL)
+            if (free_slot == NULL) {
                 free_slot = s;
+            }
         }
         else if (s->id == id) {
             s->queue = q;
@@ -98,13 +107,15 @@ xn_table_insert(xn_connection *c, int32_t id, xn_queue *q)
 void
 xn_table_remove(xn_connection *c, int32_t id, xn_queue *q)
 {
-    if (c->slots == NULL)
+    if (c->slots == NULL) {
         return;
+    }
     size_t mask = c->capacity - 1;
     for (size_t i = slot_index(id, mask);; i = (i + 1) & mask) {
         table_slot *s = &c->slots[i];
-        if (s->queue == NULL)
+        if (s->queue == NULL) {
             return;
+        }
         if (s->queue != TOMBSTONE && s->id == id) {
             if (q == NULL || s->queue == q) {
                 s->queue = TOMBSTONE;

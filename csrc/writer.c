@@ -281,8 +281,7 @@ xn_writer_send(void *ctx, const xn_piece *pieces, Py_ssize_t count)
      * Only channel data streams: other messages (a close that ends a
      * task's output, say) go out at once, with what was batched before. */
     int64_t now = xn_monotonic_ns();
-    int is_data =
-        count > 0 && pieces[0].size > 0 && pieces[0].data[0] == XN_MSG_CHANNEL_DATA;
+    int is_data = count > 0 && pieces[0].size > 0 && pieces[0].data[0] == XN_MSG_CHANNEL_DATA;
     int close = is_data && now - w->last_send_ns < STREAM_NS &&
                 __atomic_load_n(&w->last_get_ns, __ATOMIC_RELAXED) < w->last_send_ns;
     w->close_sends = close ? w->close_sends + 1 : 0;
@@ -313,14 +312,14 @@ xn_writer_send(void *ctx, const xn_piece *pieces, Py_ssize_t count)
     pthread_mutex_unlock(&w->lock);
 
     Py_BEGIN_ALLOW_THREADS
-    if (earlier.size > 0) {
-        xn_piece piece = {earlier.data, earlier.size};
-        err = write_pieces(w, &piece, 1);
-    }
-    if (err == 0) {
-        err = write_pieces(w, pieces, count);
-    }
-    err = finish_writing(w, err);
+        if (earlier.size > 0) {
+            xn_piece piece = {earlier.data, earlier.size};
+            err = write_pieces(w, &piece, 1);
+        }
+        if (err == 0) {
+            err = write_pieces(w, pieces, count);
+        }
+        err = finish_writing(w, err);
     Py_END_ALLOW_THREADS
     buffer_free(&earlier);
     if (err == 0) {
