@@ -355,8 +355,7 @@ queue_take(xn_queue *q, PyObject *timeout, xn_item **out)
 static PyObject *
 queue_get(xn_queue *q, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "get() takes exactly 2 arguments (timeout, owner)");
+    if (xn_check_nargs("get", nargs, 2) < 0) {
         return NULL;
     }
     PyObject *timeout = args[0], *owner = args[1];

@@ -54,8 +54,7 @@ conn_send(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
 {
     int code;
     int32_t channelid;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "send() takes 3 arguments (code, channelid, item)");
+    if (xn_check_nargs("send", nargs, 3) < 0) {
         return NULL;
     }
     if (parse_code_id(args, &code, &channelid) < 0) {
@@ -78,8 +77,7 @@ conn_send_raw(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
 {
     int code;
     int32_t channelid;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "send_raw() takes 3 arguments (code, channelid, payload)");
+    if (xn_check_nargs("send_raw", nargs, 3) < 0) {
         return NULL;
     }
     if (parse_code_id(args, &code, &channelid) < 0) {
@@ -138,8 +136,7 @@ conn_start(xn_connection *c, PyObject *Py_UNUSED(ignored))
 static PyObject *
 conn_queue(xn_connection *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "queue() takes 2 arguments (channelid, endmarker)");
+    if (xn_check_nargs("queue", nargs, 2) < 0) {
         return NULL;
     }
     long id = PyLong_AsLong(args[0]);

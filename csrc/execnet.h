@@ -168,6 +168,10 @@ int xn_raise_from_none(PyObject *exc_type, const char *format, ...);
  * it, or NULL if none is set. */
 PyObject *xn_fetch_exception(void);
 
+/* Returns 0 if a METH_FASTCALL function (positional parameters only) got
+ * its n arguments, else -1 with TypeError set, worded as Python's own. */
+int xn_check_nargs(const char *fname, Py_ssize_t nargs, int n);
+
 /* Returns 0, having filled out[0..nparams) from a METH_FASTCALL |
  * METH_KEYWORDS argument list (positional first, then keywords by name;
  * absent optional parameters are left NULL), or -1 with TypeError set.

@@ -149,6 +149,17 @@ param_index(PyObject *name, const char *const *names, int nparams)
     return -1;
 }
 
+int
+xn_check_nargs(const char *fname, Py_ssize_t nargs, int n)
+{
+    if (nargs == n) {
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s() takes %d positional argument%s but %zd %s given", fname, n,
+                 n == 1 ? "" : "s", nargs, nargs == 1 ? "was" : "were");
+    return -1;
+}
+
 /* Returns 0, having filled out[0..nparams) from a METH_FASTCALL |
  * METH_KEYWORDS argument list, or -1 with TypeError set. */
 int

@@ -527,11 +527,7 @@ rsync_write_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     size_t left;
     (void)module;
 
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError,
-                     "rsync_write_file() takes 4 positional arguments but %zd "
-                     "were given",
-                     nargs);
+    if (xn_check_nargs("rsync_write_file", nargs, 4) < 0) {
         goto error;
     }
     if (parse_mode_mtime(args[2], args[3], &mode, times, &have_times) < 0) {
@@ -660,11 +656,7 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     uint64_t total = 0;
     (void)module;
 
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError,
-                     "rsync_copy_file() takes 4 positional arguments but %zd "
-                     "were given",
-                     nargs);
+    if (xn_check_nargs("rsync_copy_file", nargs, 4) < 0) {
         goto error;
     }
     if (parse_mode_mtime(args[2], args[3], &mode, times, &have_times) < 0) {
