@@ -36,8 +36,9 @@ xn_item *
 xn_item_grow(xn_item *item, Py_ssize_t capacity)
 {
     xn_item *bigger = realloc(item, sizeof(xn_item) + (size_t)capacity);
-    if (bigger != NULL)
+    if (bigger != NULL) {
         bigger->size = bigger->capacity = capacity;
+    }
     return bigger;
 }
 
@@ -45,8 +46,9 @@ xn_item *
 xn_item_of_value(PyObject *value)
 {
     xn_item *item = xn_item_new(0);
-    if (item != NULL)
+    if (item != NULL) {
         item->value = value;
+    }
     return item;
 }
 
@@ -55,17 +57,18 @@ xn_item_of_value(PyObject *value)
 static PyObject *
 item_payload(xn_item *item)
 {
-    if (item->value == NULL)
+    if (item->value == NULL) {
         return PyBytes_FromStringAndSize(item->data, item->size);
+    }
     /* a lone byte string: opcode, length, bytes, stop */
     Py_ssize_t n = PyBytes_GET_SIZE(item->value);
-    PyObject *payload = PyBytes_FromStringAndSize(NULL, n + 6);
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, n + XN_LONE_BYTES_EXTRA);
     if (payload != NULL) {
         unsigned char *out = (unsigned char *)PyBytes_AS_STRING(payload);
-        out[0] = 'A';
+        out[0] = XN_OP_BYTES;
         xn_put_i32(out + 1, (int32_t)n);
         memcpy(out + 5, PyBytes_AS_STRING(item->value), (size_t)n);
-        out[n + 5] = 'Q';
+        out[n + 5] = XN_OP_STOP;
     }
     return payload;
 }
@@ -75,8 +78,9 @@ item_payload(xn_item *item)
 xn_item *
 xn_item_reuse(xn_item *item, Py_ssize_t size)
 {
-    if (item == NULL || item->capacity < size || item->capacity / 2 > size)
+    if (item == NULL || item->capacity < size || item->capacity / 2 > size) {
         return NULL;
+    }
     item->next = NULL;
     item->size = size;
     return item;
@@ -144,15 +148,18 @@ xn_queue_push(xn_queue *q, xn_item *item)
     int queued = 0;
     pthread_mutex_lock(q->lock);
     if (!q->ended && !q->passing) {
-        if (q->tail != NULL)
+        if (q->tail != NULL) {
             q->tail->next = item;
-        else
+        }
+        else {
             q->head = item;
+        }
         q->tail = item;
         q->count++;
         queued = 1;
-        if (q->waiters > 0)
+        if (q->waiters > 0) {
             pthread_cond_broadcast(q->cond);
+        }
     }
     pthread_mutex_unlock(q->lock);
     return queued;
@@ -173,11 +180,13 @@ queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"endmarker", NULL};
     PyObject *endmarker = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:ItemQueue", kwlist, &endmarker))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:ItemQueue", kwlist, &endmarker)) {
         return NULL;
+    }
     xn_queue *q = (xn_queue *)type->tp_alloc(type, 0);
-    if (q == NULL)
+    if (q == NULL) {
         return NULL;
+    }
     if (queue_init_sync(q) < 0) {
         Py_DECREF(q);
         return NULL;
@@ -207,8 +216,9 @@ queue_dealloc(xn_queue *q)
 {
     PyTypeObject *tp = Py_TYPE(q);
     PyObject_GC_UnTrack(q);
-    if (q->connection != NULL)
+    if (q->connection != NULL) {
         xn_connection_forget_queue((xn_connection *)q->connection, q);
+    }
     Py_CLEAR(q->connection);
     queue_clear(q);
     free_items(q->head);
@@ -226,12 +236,14 @@ enum { TAKE_ITEM, TAKE_END, TAKE_SLICE };
 static int
 pop_item(xn_queue *q, xn_item **out)
 {
-    if (q->head == NULL)
+    if (q->head == NULL) {
         return 0;
+    }
     *out = q->head;
     q->head = q->head->next;
-    if (q->head == NULL)
+    if (q->head == NULL) {
         q->tail = NULL;
+    }
     q->count--;
     (*out)->next = NULL;
     return 1;
@@ -247,8 +259,9 @@ wait_slice(xn_queue *q, int64_t slice_end, xn_item **out)
     int result = TAKE_SLICE;
     pthread_mutex_lock(q->lock);
     q->waiters++;
-    if (c != NULL)
-        c->getters++;
+    if (c != NULL) {
+        xn_connection_enter_getters(c);
+    }
     for (;;) {
         if (pop_item(q, out)) {
             result = TAKE_ITEM;
@@ -258,15 +271,11 @@ wait_slice(xn_queue *q, int64_t slice_end, xn_item **out)
             result = TAKE_END;
             break;
         }
-        if (xn_monotonic_ns() >= slice_end)
+        if (xn_monotonic_ns() >= slice_end) {
             break;
-        if (c != NULL && !c->handoff && !c->read_ended &&
-            pthread_mutex_trylock(&c->read_lock) == 0) {
-            pthread_mutex_unlock(q->lock);
-            xn_connection_read_for_getter(c, slice_end);
-            pthread_mutex_unlock(&c->read_lock);
-            pthread_mutex_lock(q->lock);
-            pthread_cond_broadcast(q->cond); /* the read role is free */
+        }
+        /* (q->lock is c's state_lock) */
+        if (c != NULL && xn_connection_read_if_free(c, slice_end)) {
             continue;
         }
         struct timespec ts = {.tv_sec = slice_end / 1000000000LL,
@@ -274,8 +283,9 @@ wait_slice(xn_queue *q, int64_t slice_end, xn_item **out)
         pthread_cond_timedwait(q->cond, q->lock, &ts);
     }
     q->waiters--;
-    if (c != NULL)
+    if (c != NULL) {
         xn_connection_leave_getters(c);
+    }
     pthread_mutex_unlock(q->lock);
     return result;
 }
@@ -287,44 +297,52 @@ static int
 queue_take(xn_queue *q, PyObject *timeout, xn_item **out)
 {
     int64_t deadline;
-    if (xn_deadline(timeout, &deadline) < 0)
+    if (xn_deadline(timeout, &deadline) < 0) {
         return -1;
-    if (q->connection != NULL)
-        __atomic_store_n(&((xn_connection *)q->connection)->last_get_ns, xn_monotonic_ns(),
-                         __ATOMIC_RELAXED);
+    }
+    if (q->connection != NULL) {
+        xn_connection_note_get((xn_connection *)q->connection);
+    }
     /* without waiting first, if there is something */
     pthread_mutex_lock(q->lock);
     int got = pop_item(q, out);
     int ended = q->ended;
     pthread_mutex_unlock(q->lock);
-    if (got)
+    if (got) {
         return 1;
-    if (ended)
+    }
+    if (ended) {
         return 0;
+    }
     if (q->connection != NULL) {
         /* our requests must be out before we wait for the answers */
         Py_BEGIN_ALLOW_THREADS
-        xn_connection_flush((xn_connection *)q->connection);
+            xn_connection_flush((xn_connection *)q->connection);
         Py_END_ALLOW_THREADS
     }
     for (;;) {
         int64_t slice_end = xn_monotonic_ns() + SIGNAL_CHECK_NS;
-        if (deadline >= 0 && deadline < slice_end)
+        if (deadline >= 0 && deadline < slice_end) {
             slice_end = deadline;
+        }
         int result;
         Py_BEGIN_ALLOW_THREADS
-        result = wait_slice(q, slice_end, out);
+            result = wait_slice(q, slice_end, out);
         Py_END_ALLOW_THREADS
-        if (result == TAKE_ITEM)
+        if (result == TAKE_ITEM) {
             return 1;
-        if (result == TAKE_END)
+        }
+        if (result == TAKE_END) {
             return 0;
-        if (PyErr_CheckSignals() < 0)
+        }
+        if (PyErr_CheckSignals() < 0) {
             return -1;
+        }
         if (deadline >= 0 && xn_monotonic_ns() >= deadline) {
             xn_state *st = xn_state_of_type(Py_TYPE(q));
-            if (st == NULL)
+            if (st == NULL) {
                 return -1;
+            }
             PyErr_Format(st->TimeoutError, "no item after %R seconds", timeout);
             return -1;
         }
@@ -337,17 +355,18 @@ queue_take(xn_queue *q, PyObject *timeout, xn_item **out)
 static PyObject *
 queue_get(xn_queue *q, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "get() takes exactly 2 arguments (timeout, owner)");
+    if (xn_check_nargs("get", nargs, 2) < 0) {
         return NULL;
     }
     PyObject *timeout = args[0], *owner = args[1];
     xn_item *item;
     int got = queue_take(q, timeout, &item);
-    if (got < 0)
+    if (got < 0) {
         return NULL;
-    if (got == 0)
+    }
+    if (got == 0) {
         return Py_NewRef(q->endmarker);
+    }
     xn_connection *c = (xn_connection *)q->connection;
     PyObject *value = item->value;
     if (value != NULL) {
@@ -357,15 +376,18 @@ queue_get(xn_queue *q, PyObject *const *args, Py_ssize_t nargs)
         return value;
     }
     xn_state *st = xn_state_of_type(Py_TYPE(q));
-    if (st != NULL && xn_require_installed(st) == 0)
+    if (st != NULL && xn_require_installed(st) == 0) {
         value = xn_load_payload(st, item->data, item->size, owner == Py_None ? NULL : owner);
+    }
     if (c == NULL) {
         free(item);
         return value;
     }
     if (value != NULL && PyBytes_CheckExact(value) && item->size >= XN_DIRECT_PAYLOAD &&
-        item->data[0] == 'A' && item->size == PyBytes_GET_SIZE(value) + 6)
+        item->data[0] == XN_OP_BYTES &&
+        item->size == PyBytes_GET_SIZE(value) + XN_LONE_BYTES_EXTRA) {
         xn_connection_expect_bytes(c, PyBytes_GET_SIZE(value)); /* more may follow */
+    }
     xn_connection_recycle(c, item);
     return value;
 }
@@ -379,12 +401,13 @@ queue_put(xn_queue *q, PyObject *payload)
     Py_buffer view;
     if (payload == q->endmarker) {
         Py_BEGIN_ALLOW_THREADS
-        xn_queue_end(q);
+            xn_queue_end(q);
         Py_END_ALLOW_THREADS
         Py_RETURN_FALSE;
     }
-    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
+    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
+    }
     xn_item *item = xn_item_new(view.len);
     if (item == NULL) {
         PyBuffer_Release(&view);
@@ -394,10 +417,11 @@ queue_put(xn_queue *q, PyObject *payload)
     PyBuffer_Release(&view);
     int queued;
     Py_BEGIN_ALLOW_THREADS
-    queued = xn_queue_push(q, item);
+        queued = xn_queue_push(q, item);
     Py_END_ALLOW_THREADS
-    if (!queued)
+    if (!queued) {
         free(item);
+    }
     return PyBool_FromLong(queued);
 }
 
@@ -406,7 +430,7 @@ static PyObject *
 queue_end_py(xn_queue *q, PyObject *Py_UNUSED(ignored))
 {
     Py_BEGIN_ALLOW_THREADS
-    xn_queue_end(q);
+        xn_queue_end(q);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -420,25 +444,28 @@ queue_pass_on(xn_queue *q, PyObject *Py_UNUSED(ignored))
     xn_item *items;
     int ended;
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(q->lock);
-    q->passing = 1;
-    items = q->head;
-    q->head = q->tail = NULL;
-    q->count = 0;
-    ended = q->ended;
-    pthread_mutex_unlock(q->lock);
+        pthread_mutex_lock(q->lock);
+        q->passing = 1;
+        items = q->head;
+        q->head = q->tail = NULL;
+        q->count = 0;
+        ended = q->ended;
+        pthread_mutex_unlock(q->lock);
     Py_END_ALLOW_THREADS
     PyObject *list = PyList_New(0);
-    if (list == NULL)
+    if (list == NULL) {
         goto error;
+    }
     for (xn_item *it = items; it != NULL; it = it->next) {
         PyObject *b = item_payload(it);
-        if (b == NULL)
+        if (b == NULL) {
             goto error;
+        }
         int rc = PyList_Append(list, b);
         Py_DECREF(b);
-        if (rc < 0)
+        if (rc < 0) {
             goto error;
+        }
     }
     free_items(items);
     PyObject *result = Py_BuildValue("(NO)", list, ended ? Py_True : Py_False);
@@ -454,9 +481,9 @@ queue_qsize(xn_queue *q, PyObject *Py_UNUSED(ignored))
 {
     Py_ssize_t n;
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(q->lock);
-    n = q->count;
-    pthread_mutex_unlock(q->lock);
+        pthread_mutex_lock(q->lock);
+        n = q->count;
+        pthread_mutex_unlock(q->lock);
     Py_END_ALLOW_THREADS
     return PyLong_FromSsize_t(n);
 }

@@ -18,11 +18,13 @@ int
 xn_deadline(PyObject *timeout, int64_t *deadline)
 {
     *deadline = -1;
-    if (timeout == NULL || timeout == Py_None)
+    if (timeout == NULL || timeout == Py_None) {
         return 0;
+    }
     double seconds = PyFloat_AsDouble(timeout);
-    if (seconds == -1.0 && PyErr_Occurred())
+    if (seconds == -1.0 && PyErr_Occurred()) {
         return -1;
+    }
     if (isnan(seconds)) {
         PyErr_SetString(PyExc_ValueError, "Invalid value NaN (not a number)");
         return -1;
@@ -31,7 +33,8 @@ xn_deadline(PyObject *timeout, int64_t *deadline)
         PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
         return -1;
     }
-    if (seconds <= 1e9) /* else: decades, as good as no end (and no overflow) */
+    if (seconds <= 1e9) { /* else: decades, as good as no end (and no overflow) */
         *deadline = xn_monotonic_ns() + (seconds > 0 ? (int64_t)(seconds * 1e9) : 0);
+    }
     return 0;
 }

@@ -51,8 +51,7 @@ xn_compat_add_object_ref(PyObject *module, const char *name, PyObject *value)
 /* Calls fn with the nargsf positional arguments at args (no keywords).
  * Returns a new reference, or NULL with an exception set. */
 static inline PyObject *
-xn_compat_vectorcall(PyObject *fn, PyObject *const *args, size_t nargsf,
-                     PyObject *kwnames)
+xn_compat_vectorcall(PyObject *fn, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t n = (Py_ssize_t)(nargsf & ~(size_t)PY_VECTORCALL_ARGUMENTS_OFFSET);
     PyObject *tuple, *result;
@@ -80,8 +79,7 @@ static inline int
 xn_compat_add_type(PyObject *module, PyTypeObject *tp)
 {
     const char *name = strrchr(tp->tp_name, '.');
-    return PyModule_AddObjectRef(module, name != NULL ? name + 1 : tp->tp_name,
-                                 (PyObject *)tp);
+    return PyModule_AddObjectRef(module, name != NULL ? name + 1 : tp->tp_name, (PyObject *)tp);
 }
 #define PyModule_AddType xn_compat_add_type
 #endif
@@ -100,8 +98,7 @@ xn_type_from_spec(PyObject *module, PyType_Spec *spec)
 #else
     PyObject *tp = PyType_FromSpecWithBases(spec, NULL);
     if (tp != NULL &&
-        PyDict_SetItemString(((PyTypeObject *)tp)->tp_dict, XN_COMPAT_MODULE_KEY,
-                             module) < 0) {
+        PyDict_SetItemString(((PyTypeObject *)tp)->tp_dict, XN_COMPAT_MODULE_KEY, module) < 0) {
         Py_CLEAR(tp);
     }
     return tp;
@@ -127,8 +124,8 @@ xn_module_of_type(PyTypeObject *tp, struct PyModuleDef *def)
     module = PyDict_GetItemString(tp->tp_dict, XN_COMPAT_MODULE_KEY);
 #endif
     if (module == NULL || !PyModule_Check(module) || PyModule_GetDef(module) != def) {
-        PyErr_Format(PyExc_TypeError, "type %.200s is not one of module %.200s",
-                     tp->tp_name, def->m_name);
+        PyErr_Format(PyExc_TypeError, "type %.200s is not one of module %.200s", tp->tp_name,
+                     def->m_name);
         return NULL;
     }
     return module;
@@ -160,7 +157,7 @@ xn_is_finalizing(void)
  *   the channel queues count on it to serialise their access to Python
  *   objects and to their own state. */
 #if PY_VERSION_HEX >= 0x030C0000
-#define XN_SLOT_INTERPRETERS                                                   \
+#define XN_SLOT_INTERPRETERS \
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #else
 #define XN_SLOT_INTERPRETERS

@@ -26,8 +26,9 @@ event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     xn_event *e = (xn_event *)type->tp_alloc(type, 0);
-    if (e == NULL)
+    if (e == NULL) {
         return NULL;
+    }
     pthread_condattr_t attr;
     int ok = pthread_condattr_init(&attr) == 0;
     if (ok) {
@@ -66,8 +67,9 @@ event_set(xn_event *e, PyObject *Py_UNUSED(ignored))
 {
     pthread_mutex_lock(&e->lock);
     e->flag = 1;
-    if (e->waiters > 0)
+    if (e->waiters > 0) {
         pthread_cond_broadcast(&e->cond);
+    }
     pthread_mutex_unlock(&e->lock);
     Py_RETURN_NONE;
 }
@@ -97,12 +99,12 @@ event_is_set(xn_event *e, PyObject *Py_UNUSED(ignored))
 static int
 wait_slice(xn_event *e, int64_t slice_end)
 {
-    struct timespec ts = {.tv_sec = slice_end / 1000000000LL,
-                          .tv_nsec = slice_end % 1000000000LL};
+    struct timespec ts = {.tv_sec = slice_end / 1000000000LL, .tv_nsec = slice_end % 1000000000LL};
     pthread_mutex_lock(&e->lock);
     e->waiters++;
-    while (!e->flag && xn_monotonic_ns() < slice_end)
+    while (!e->flag && xn_monotonic_ns() < slice_end) {
         pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+    }
     e->waiters--;
     int flag = e->flag;
     pthread_mutex_unlock(&e->lock);
@@ -117,26 +119,31 @@ event_wait(xn_event *e, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
 {
     static const char *const names[] = {"timeout"};
     PyObject *timeout = NULL;
-    if (xn_parse_args("wait", args, nargs, kwnames, names, 1, 0, &timeout) < 0)
+    if (xn_parse_args("wait", args, nargs, kwnames, names, 1, 0, &timeout) < 0) {
         return NULL;
+    }
     int64_t deadline;
-    if (xn_deadline(timeout, &deadline) < 0)
+    if (xn_deadline(timeout, &deadline) < 0) {
         return NULL;
+    }
     pthread_mutex_lock(&e->lock);
     int flag = e->flag;
     pthread_mutex_unlock(&e->lock);
     while (!flag) {
         int64_t now = xn_monotonic_ns();
-        if (deadline >= 0 && now >= deadline)
+        if (deadline >= 0 && now >= deadline) {
             break;
+        }
         int64_t slice_end = now + EVENT_SLICE_NS;
-        if (deadline >= 0 && deadline < slice_end)
+        if (deadline >= 0 && deadline < slice_end) {
             slice_end = deadline;
+        }
         Py_BEGIN_ALLOW_THREADS
-        flag = wait_slice(e, slice_end);
+            flag = wait_slice(e, slice_end);
         Py_END_ALLOW_THREADS
-        if (!flag && PyErr_CheckSignals() < 0)
+        if (!flag && PyErr_CheckSignals() < 0) {
             return NULL;
+        }
     }
     return PyBool_FromLong(flag);
 }

@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "wire.h"
+
 /* Our cross-file functions are internal to the extension: keep them out of
  * its dynamic symbol table so that calls between files are direct (the
  * module's init function is exported by PyMODINIT_FUNC regardless). */
@@ -47,8 +49,8 @@ xn_put_i32(unsigned char *p, int32_t v)
 static inline int32_t
 xn_get_i32(const unsigned char *p)
 {
-    uint32_t u = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-                 ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+    uint32_t u =
+        ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
     /* two's complement without relying on an implementation-defined cast */
     if (u <= (uint32_t)INT32_MAX) {
         return (int32_t)u;
@@ -81,20 +83,14 @@ xn_get_f64(const unsigned char *p)
     return v;
 }
 
-/* Size of a message header: msgcode, channel id, payload length (WIRE.md
- * §4, struct format "!bii"). */
-#define XN_HEADER_SIZE 9
-
 /* Writes the message header for a payload of length bytes at p. */
-void xn_put_header(unsigned char *p, int8_t msgcode, int32_t channel,
-                   int32_t length);
+void xn_put_header(unsigned char *p, int8_t msgcode, int32_t channel, int32_t length);
 /* Returns 1 if the payload p[0..n) is a well-formed serialized value as far
  * as can be told without building it, else 0. */
 int xn_payload_plausible(const unsigned char *p, size_t n);
 
 /* Reads the message header at p into its three fields (returns nothing). */
-void xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel,
-                   int32_t *length);
+void xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel, int32_t *length);
 
 #ifndef XN_WIRE_ONLY
 
@@ -106,20 +102,20 @@ void xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel,
 
 /* Attribute and key names, created once per module object.  Each entry
  * becomes a field `s_<name>` of xn_state holding the string "<text>". */
-#define XN_STRINGS(X)                                                          \
-    X(DUMPFORMAT_VERSION, "DUMPFORMAT_VERSION")                                \
-    X(DumpError, "DumpError")                                                  \
-    X(LoadError, "LoadError")                                                  \
-    X(TimeoutError, "TimeoutError")                                            \
-    X(Unserializer, "Unserializer")                                            \
-    X(load, "load")                                                            \
-    X(read, "read")                                                            \
-    X(gateway, "gateway")                                                      \
-    X(channelfactory, "_channelfactory")                                       \
-    X(new, "new")                                                              \
-    X(strconfig, "_strconfig")                                                 \
-    X(id, "id")                                                                \
-    X(name, "__name__")                                                        \
+#define XN_STRINGS(X)                           \
+    X(DUMPFORMAT_VERSION, "DUMPFORMAT_VERSION") \
+    X(DumpError, "DumpError")                   \
+    X(LoadError, "LoadError")                   \
+    X(TimeoutError, "TimeoutError")             \
+    X(Unserializer, "Unserializer")             \
+    X(load, "load")                             \
+    X(read, "read")                             \
+    X(gateway, "gateway")                       \
+    X(channelfactory, "_channelfactory")        \
+    X(new, "new")                               \
+    X(strconfig, "_strconfig")                  \
+    X(id, "id")                                 \
+    X(name, "__name__")                         \
     X(Channel, "Channel")
 
 typedef struct {
@@ -128,7 +124,7 @@ typedef struct {
     PyObject *DumpError;
     PyObject *LoadError;
     PyObject *TimeoutError;
-    /* the C core's types (io.c, channel.c) */
+    /* the C core's types (connection.c, channel.c, event.c) */
     PyTypeObject *ConnectionType;
     PyTypeObject *ItemQueueType;
     PyTypeObject *EventType;
@@ -162,8 +158,7 @@ PyObject *xn_dumpformat_version(xn_state *st);
  * first used elements of block, or NULL with MemoryError set (block is
  * then left as it was).  block is a heap block (or NULL), which this frees
  * or reuses, or else, if is_inline, a buffer inside a struct. */
-void *xn_grow_block(void *block, int is_inline, Py_ssize_t used,
-                    Py_ssize_t new_cap, size_t elsize);
+void *xn_grow_block(void *block, int is_inline, Py_ssize_t used, Py_ssize_t new_cap, size_t elsize);
 
 /* Raises exc_type(formatted message) with its cause suppressed, as Python's
  * `raise ... from None` does.  Returns -1 (for `return xn_raise...`). */
@@ -173,13 +168,16 @@ int xn_raise_from_none(PyObject *exc_type, const char *format, ...);
  * it, or NULL if none is set. */
 PyObject *xn_fetch_exception(void);
 
+/* Returns 0 if a METH_FASTCALL function (positional parameters only) got
+ * its n arguments, else -1 with TypeError set, worded as Python's own. */
+int xn_check_nargs(const char *fname, Py_ssize_t nargs, int n);
+
 /* Returns 0, having filled out[0..nparams) from a METH_FASTCALL |
  * METH_KEYWORDS argument list (positional first, then keywords by name;
  * absent optional parameters are left NULL), or -1 with TypeError set.
  * The messages follow those of a Python function with the same signature. */
-int xn_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                  PyObject *kwnames, const char *const *names, int nparams,
-                  int nrequired, PyObject **out);
+int xn_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                  const char *const *names, int nparams, int nrequired, PyObject **out);
 
 /* ---- serializer.c, unserializer.c ---------------------------------------- */
 
@@ -209,8 +207,7 @@ int xn_write_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid
 /* Returns the value of the message payload data[0..n) (new reference), or
  * NULL with an exception set.  Channel references and the string config
  * come from owner, a channel (or gateway), as in loads_internal(). */
-PyObject *xn_load_payload(xn_state *st, const char *data, Py_ssize_t n,
-                          PyObject *owner);
+PyObject *xn_load_payload(xn_state *st, const char *data, Py_ssize_t n, PyObject *owner);
 
 /* ---- rsync.c ------------------------------------------------------------- */
 
@@ -271,13 +268,6 @@ extern PyType_Spec xn_queue_spec;
 
 extern PyType_Spec xn_event_spec;
 
-/* ---- io.c: a gateway's connection --------------------------------------- */
-
-typedef struct {
-    char *data;
-    Py_ssize_t size, capacity;
-} xn_buffer;
-
 /* ---- splice.c: big writes to a pipe through vmsplice ------------------- */
 
 typedef struct {
@@ -296,64 +286,11 @@ int xn_splice_write(xn_splice_ring *r, int fd, const xn_piece *pieces, Py_ssize_
 
 void xn_splice_ring_free(xn_splice_ring *r);
 
-typedef struct {
-    PyObject_HEAD
-    int rfd, wfd;
-    int wfd_is_pipe;
-    xn_splice_ring ring; /* used by the one writing thread */
-    PyObject *dispatch; /* dispatch(code, channelid, payload) */
-    /* inline(code, channelid, payload) -> bool: a reading thread other than
-     * the IO thread handles a frame needing Python itself, if it says so */
-    PyObject *inline_dispatch;
-    PyObject *inline_error; /* what inline raised: it ended reading */
-    int locks_ready;
-    /* channel id -> queue, for whoever reads */
-    pthread_mutex_t table_lock;
-    struct xn_slot *slots;
-    size_t capacity, used, filled;
-    /* reading: whoever holds read_lock reads rfd into rbuf and parses it */
-    pthread_mutex_t read_lock;
-    char *rbuf;
-    Py_ssize_t rstart, rend, rcap, need;
-    xn_item *pending; /* a big frame a getter read but left to the IO thread */
-    xn_item *spare;   /* a big item's memory, kept for the next one (state_lock) */
-    /* a fresh bytes object the next big frame holding one byte string of
-     * its size is read into, sparing a copy (state_lock) */
-    PyObject *spare_bytes;
-    int pending_code;
-    int32_t pending_id;
-    Py_ssize_t pending_size;
-    /* shared by the IO thread and getters, under state_lock (also the lock
-     * of this connection's queues) */
-    pthread_mutex_t state_lock;
-    pthread_cond_t get_cond; /* getters: an item came, or the read role is free */
-    pthread_cond_t io_cond;  /* the IO thread, parked while getters read */
-    int getters;             /* threads waiting in get() on our queues, or pumping */
-    int pumpers;             /* threads in pump() */
-    uint64_t dispatched;     /* frames handed to Python so far */
-    int64_t spin_ns;         /* how long a getter may poll before it sleeps */
-    int spin_failures;       /* polls in a row that found nothing (read_lock) */
-    int spin_skips;          /* waits left that sleep without polling */
-    int handoff;             /* the IO thread's turn: frames need Python */
-    int64_t io_park_ns;      /* the IO thread's sleep while parked (0: not parked) */
-    int read_ended;          /* reading is over (end_* say why) */
-    int end_kind, end_err;
-    char end_text[160];
-    /* the IO thread */
-    int reader_started;
-    int reader_running;
-    /* writing: one writer at a time, the others append to unwritten;
-     * closely following sends are batched there for the flusher thread */
-    pthread_mutex_t write_lock;
-    int writing, write_failed, write_closed;
-    xn_buffer unwritten;
-    int64_t last_send_ns;
-    int close_sends; /* data sends in a row, each soon after the one before */
-    int64_t last_get_ns; /* when a receiver last asked (atomic) */
-    pthread_t flusher;
-    pthread_cond_t flush_cond;
-    int flusher_started, flusher_idle, flusher_stop;
-} xn_connection;
+/* ---- connection.c, table.c, writer.c, reader.c: a gateway's connection --
+ * Its layout and its thread and lock contract are in connection.h; the
+ * rest of the extension uses these functions only. */
+
+typedef struct xn_connection xn_connection;
 
 /* Takes back a decoded item: a big one's memory is kept for the next big
  * frame (saving the allocator's work of returning it to the system and
@@ -368,13 +305,23 @@ void xn_connection_expect_bytes(xn_connection *c, Py_ssize_t n);
 /* Drops q from c's table (called by a dying queue; GIL held). */
 void xn_connection_forget_queue(xn_connection *c, xn_queue *q);
 
-/* A getter's turn at reading c (read_lock held, no GIL): parse what is
- * buffered, else wait until deadline_ns for more and parse it. */
-void xn_connection_read_for_getter(xn_connection *c, int64_t deadline_ns);
+/* A thread starts waiting for items of c's queues (c's state_lock held,
+ * which is the lock of those queues). */
+void xn_connection_enter_getters(xn_connection *c);
 
-/* One getter of c fewer (state_lock held): the last one wakes the IO
+/* A getter stops waiting (state_lock held): the last one wakes the IO
  * thread if it is parked for long. */
 void xn_connection_leave_getters(xn_connection *c);
+
+/* A getter's chance to read (state_lock held, no GIL): if the read role is
+ * free and no frame waits for the IO thread, takes it, reads and parses
+ * until deadline_ns at most (state_lock released meanwhile, held again on
+ * return) and wakes the other getters.  Returns 1 if it read, else 0. */
+int xn_connection_read_if_free(xn_connection *c, int64_t deadline_ns);
+
+/* A receiver asks for an item now (no lock, no GIL needed): sends that
+ * follow are a conversation, not a stream. */
+void xn_connection_note_get(xn_connection *c);
 
 /* Writes what was batched for sending now, unless another thread is
  * writing (no GIL needed). */

@@ -25,9 +25,8 @@ int
 xn_require_installed(xn_state *st)
 {
     if (st->namespace == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "execnet._execnet is not bound to execnet.gateway_base "
-                        "yet: call _install(namespace) first");
+        PyErr_SetString(PyExc_RuntimeError, "execnet._execnet is not bound to execnet.gateway_base "
+                                            "yet: call _install(namespace) first");
         return -1;
     }
     return 0;
@@ -38,8 +37,7 @@ xn_require_installed(xn_state *st)
  * then left as it was).  block is a heap block (or NULL), which this frees
  * or reuses, or else, if is_inline, a buffer inside a struct. */
 void *
-xn_grow_block(void *block, int is_inline, Py_ssize_t used, Py_ssize_t new_cap,
-              size_t elsize)
+xn_grow_block(void *block, int is_inline, Py_ssize_t used, Py_ssize_t new_cap, size_t elsize)
 {
     void *bigger;
     if ((size_t)new_cap > PY_SSIZE_T_MAX / elsize) {
@@ -66,11 +64,9 @@ xn_grow_block(void *block, int is_inline, Py_ssize_t used, Py_ssize_t new_cap,
 PyObject *
 xn_dumpformat_version(xn_state *st)
 {
-    PyObject *version =
-        PyDict_GetItemWithError(st->namespace, st->s_DUMPFORMAT_VERSION);
+    PyObject *version = PyDict_GetItemWithError(st->namespace, st->s_DUMPFORMAT_VERSION);
     if (version == NULL && !PyErr_Occurred()) {
-        PyErr_Format(PyExc_NameError, "name '%U' is not defined",
-                     st->s_DUMPFORMAT_VERSION);
+        PyErr_Format(PyExc_NameError, "name '%U' is not defined", st->s_DUMPFORMAT_VERSION);
     }
     return version;
 }
@@ -146,27 +142,35 @@ static int
 param_index(PyObject *name, const char *const *names, int nparams)
 {
     for (int i = 0; i < nparams; i++) {
-        if (PyUnicode_Check(name) &&
-            PyUnicode_CompareWithASCIIString(name, names[i]) == 0) {
+        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, names[i]) == 0) {
             return i;
         }
     }
     return -1;
 }
 
+int
+xn_check_nargs(const char *fname, Py_ssize_t nargs, int n)
+{
+    if (nargs == n) {
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s() takes %d positional argument%s but %zd %s given", fname, n,
+                 n == 1 ? "" : "s", nargs, nargs == 1 ? "was" : "were");
+    return -1;
+}
+
 /* Returns 0, having filled out[0..nparams) from a METH_FASTCALL |
  * METH_KEYWORDS argument list, or -1 with TypeError set. */
 int
-xn_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *kwnames, const char *const *names, int nparams,
-              int nrequired, PyObject **out)
+xn_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+              const char *const *names, int nparams, int nrequired, PyObject **out)
 {
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
 
     if (nargs > nparams) {
         if (nparams == nrequired) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() takes %d positional argument%s but %zd %s given",
+            PyErr_Format(PyExc_TypeError, "%s() takes %d positional argument%s but %zd %s given",
                          fname, nparams, nparams == 1 ? "" : "s", nargs,
                          nargs == 1 ? "was" : "were");
         }
@@ -185,14 +189,12 @@ xn_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
         PyObject *name = PyTuple_GET_ITEM(kwnames, k);
         int i = param_index(name, names, nparams);
         if (i < 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected keyword argument '%S'", fname,
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'", fname,
                          name);
             return -1;
         }
         if (out[i] != NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got multiple values for argument '%s'", fname,
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
                          names[i]);
             return -1;
         }
@@ -200,8 +202,7 @@ xn_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
     }
     for (int i = 0; i < nrequired; i++) {
         if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() missing 1 required positional argument: '%s'",
+            PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
                          fname, names[i]);
             return -1;
         }
@@ -224,20 +225,17 @@ exception_class_from(PyObject *namespace, PyObject *key)
         return NULL;
     }
     if (!PyExceptionClass_Check(cls)) {
-        PyErr_Format(PyExc_TypeError, "namespace[%R] is not an exception class",
-                     key);
+        PyErr_Format(PyExc_TypeError, "namespace[%R] is not an exception class", key);
         return NULL;
     }
     Py_INCREF(cls);
     return cls;
 }
 
-PyDoc_STRVAR(
-    install_doc,
-    "_install($module, namespace, /)\n--\n\n"
-    "Bind the module to execnet.gateway_base's namespace (a dict).\n\n"
-    "dumps() and loads() read DUMPFORMAT_VERSION from it at every call and\n"
-    "raise its DumpError and LoadError.");
+PyDoc_STRVAR(install_doc, "_install($module, namespace, /)\n--\n\n"
+                          "Bind the module to execnet.gateway_base's namespace (a dict).\n\n"
+                          "dumps() and loads() read DUMPFORMAT_VERSION from it at every call and\n"
+                          "raise its DumpError and LoadError.");
 
 /* Returns None, having stored namespace and its exception classes in the
  * module state, or NULL with an exception set. */
@@ -248,8 +246,7 @@ module_install(PyObject *module, PyObject *namespace)
     PyObject *dump_error = NULL, *load_error = NULL, *timeout_error = NULL;
 
     if (!PyDict_Check(namespace)) {
-        PyErr_Format(PyExc_TypeError,
-                     "_install() argument must be a dict, not %.200s",
+        PyErr_Format(PyExc_TypeError, "_install() argument must be a dict, not %.200s",
                      Py_TYPE(namespace)->tp_name);
         goto error;
     }
@@ -292,10 +289,10 @@ module_exec(PyObject *module)
 {
     xn_state *st = xn_get_state(module);
 
-#define XN_STRING_INIT(name, text)                                             \
-    st->s_##name = PyUnicode_InternFromString(text);                           \
-    if (st->s_##name == NULL) {                                                \
-        return -1;                                                             \
+#define XN_STRING_INIT(name, text)                   \
+    st->s_##name = PyUnicode_InternFromString(text); \
+    if (st->s_##name == NULL) {                      \
+        return -1;                                   \
     }
     XN_STRINGS(XN_STRING_INIT)
 #undef XN_STRING_INIT
@@ -319,16 +316,14 @@ module_exec(PyObject *module)
     if (PyModule_AddType(module, st->ConnectionType) < 0) {
         return -1;
     }
-    st->ItemQueueType =
-        (PyTypeObject *)xn_type_from_spec(module, &xn_queue_spec);
+    st->ItemQueueType = (PyTypeObject *)xn_type_from_spec(module, &xn_queue_spec);
     if (st->ItemQueueType == NULL) {
         return -1;
     }
     if (PyModule_AddType(module, st->ItemQueueType) < 0) {
         return -1;
     }
-    st->EventType =
-        (PyTypeObject *)xn_type_from_spec(module, &xn_event_spec);
+    st->EventType = (PyTypeObject *)xn_type_from_spec(module, &xn_event_spec);
     if (st->EventType == NULL) {
         return -1;
     }
@@ -384,15 +379,13 @@ module_free(void *module)
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, (void *)module_exec},
     XN_SLOT_INTERPRETERS /* see compat.h for why */
-    XN_SLOT_GIL
-    {0, NULL},
+        XN_SLOT_GIL{0, NULL},
 };
 
-PyDoc_STRVAR(
-    module_doc,
-    "execnet's C core: the serializer, and the connection with its IO thread\n"
-    "and native channel queues.\n\n"
-    "Bound to execnet.gateway_base by _install(); use it through that module.");
+PyDoc_STRVAR(module_doc,
+             "execnet's C core: the serializer, and the connection with its IO thread\n"
+             "and native channel queues.\n\n"
+             "Bound to execnet.gateway_base by _install(); use it through that module.");
 
 /* clang-format off */
 struct PyModuleDef xn_module_def = {

@@ -1,4 +1,4 @@
-/* rsync.c: the file work of RSync (doc/rsync.md, RSYNC.md): MD5 digests,
+/* rsync.c: the file work of RSync (doc/rsync.md): MD5 digests,
  * whole-file reads and writes, each done with the GIL released. */
 
 #include "execnet.h"
@@ -24,17 +24,14 @@ typedef struct {
 
 /* floor(|sin(i + 1)| * 2**32), RFC 1321 §3.4 */
 static const uint32_t md5_sines[64] = {
-    0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a,
-    0xa8304613, 0xfd469501, 0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be,
-    0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821, 0xf61e2562, 0xc040b340,
-    0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
-    0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8,
-    0x676f02d9, 0x8d2a4c8a, 0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c,
-    0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70, 0x289b7ec6, 0xeaa127fa,
-    0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
-    0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92,
-    0xffeff47d, 0x85845dd1, 0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1,
-    0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391,
+    0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
+    0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
+    0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
+    0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
+    0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
+    0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
+    0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+    0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391,
 };
 
 /* the left rotations of each round, four per round */
@@ -50,13 +47,13 @@ rotl32(uint32_t x, unsigned n)
 
 /* One MD5 step: a gets the rotated sum of f, the sine constant of step i
  * and message word g, then the four registers shift (returns nothing). */
-#define MD5_STEP(f, i, g, r)                                                   \
-    do {                                                                       \
-        uint32_t t_ = a + (f) + md5_sines[i] + w[g];                           \
-        a = d;                                                                 \
-        d = c;                                                                 \
-        c = b;                                                                 \
-        b += rotl32(t_, (r));                                                  \
+#define MD5_STEP(f, i, g, r)                         \
+    do {                                             \
+        uint32_t t_ = a + (f) + md5_sines[i] + w[g]; \
+        a = d;                                       \
+        d = c;                                       \
+        c = b;                                       \
+        b += rotl32(t_, (r));                        \
     } while (0)
 
 /* Mixes one 64-byte block into ctx->state (returns nothing). */
@@ -64,12 +61,11 @@ static void
 md5_block(md5_ctx *ctx, const unsigned char *p)
 {
     uint32_t w[16];
-    uint32_t a = ctx->state[0], b = ctx->state[1], c = ctx->state[2],
-             d = ctx->state[3];
+    uint32_t a = ctx->state[0], b = ctx->state[1], c = ctx->state[2], d = ctx->state[3];
 
     for (int i = 0; i < 16; i++) {
-        w[i] = (uint32_t)p[4 * i] | ((uint32_t)p[4 * i + 1] << 8) |
-               ((uint32_t)p[4 * i + 2] << 16) | ((uint32_t)p[4 * i + 3] << 24);
+        w[i] = (uint32_t)p[4 * i] | ((uint32_t)p[4 * i + 1] << 8) | ((uint32_t)p[4 * i + 2] << 16) |
+               ((uint32_t)p[4 * i + 3] << 24);
     }
     /* one loop per round, so that each has its own function and order */
     for (int i = 0; i < 16; i++) {
@@ -220,8 +216,8 @@ open_path(PyObject *path, int flags, PyObject *filename)
     int fd, err;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        fd = open(name, flags | O_CLOEXEC, 0666);
-        err = errno;
+            fd = open(name, flags | O_CLOEXEC, 0666);
+            err = errno;
         Py_END_ALLOW_THREADS
         if (fd >= 0) {
             return fd;
@@ -238,8 +234,8 @@ close_fd(int fd, PyObject *filename)
 {
     int rc, err;
     Py_BEGIN_ALLOW_THREADS
-    rc = close(fd);
-    err = errno;
+        rc = close(fd);
+        err = errno;
     Py_END_ALLOW_THREADS
     if (rc < 0 && err != EINTR) {
         return raise_errno(err, filename);
@@ -255,8 +251,8 @@ close_quietly(int fd)
     if (fd < 0) {
         return;
     }
-    Py_BEGIN_ALLOW_THREADS
-    (void)close(fd);
+    Py_BEGIN_ALLOW_THREADS(void)
+        close(fd);
     Py_END_ALLOW_THREADS
 }
 
@@ -266,8 +262,8 @@ stat_fd(int fd, struct stat *st, PyObject *filename)
 {
     int rc, err;
     Py_BEGIN_ALLOW_THREADS
-    rc = fstat(fd, st);
-    err = errno;
+        rc = fstat(fd, st);
+        err = errno;
     Py_END_ALLOW_THREADS
     return rc < 0 ? raise_errno(err, filename) : 0;
 }
@@ -292,16 +288,15 @@ rsync_md5(PyObject *module, PyObject *arg)
     }
     md5_init(&ctx);
     Py_BEGIN_ALLOW_THREADS
-    md5_update(&ctx, view.buf, (size_t)view.len);
-    md5_final(&ctx, digest);
+        md5_update(&ctx, view.buf, (size_t)view.len);
+        md5_final(&ctx, digest);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     return PyBytes_FromStringAndSize((const char *)digest, 16);
 }
 
-PyDoc_STRVAR(md5_file_doc,
-             "rsync_md5_file($module, path, /)\n--\n\n"
-             "The 16-byte MD5 digest of a file's content, read in pieces.");
+PyDoc_STRVAR(md5_file_doc, "rsync_md5_file($module, path, /)\n--\n\n"
+                           "The 16-byte MD5 digest of a file's content, read in pieces.");
 
 /* Returns the MD5 digest of the file at path_arg (new bytes), or NULL with
  * an exception set (OSError naming the file). */
@@ -332,8 +327,8 @@ rsync_md5_file(PyObject *module, PyObject *path_arg)
         size_t got;
         int err;
         Py_BEGIN_ALLOW_THREADS
-        got = read_upto(fd, chunk, HASH_CHUNK, &err);
-        md5_update(&ctx, (const unsigned char *)chunk, got);
+            got = read_upto(fd, chunk, HASH_CHUNK, &err);
+            md5_update(&ctx, (const unsigned char *)chunk, got);
         Py_END_ALLOW_THREADS
         if (err != 0) {
             if (retry_or_raise(err, path_arg) < 0) {
@@ -366,9 +361,8 @@ error:
     return NULL;
 }
 
-PyDoc_STRVAR(read_file_doc,
-             "rsync_read_file($module, path, /)\n--\n\n"
-             "The whole content of a file, as bytes.");
+PyDoc_STRVAR(read_file_doc, "rsync_read_file($module, path, /)\n--\n\n"
+                            "The whole content of a file, as bytes.");
 
 /* Returns the content of the file at path_arg (new bytes), or NULL with an
  * exception set (OSError naming the file). */
@@ -410,7 +404,7 @@ rsync_read_file(PyObject *module, PyObject *path_arg)
         /* nobody else sees data yet: it may be filled without the GIL */
         char *buf = PyBytes_AS_STRING(data);
         Py_BEGIN_ALLOW_THREADS
-        got = read_upto(fd, buf + len, (size_t)(cap - len), &err);
+            got = read_upto(fd, buf + len, (size_t)(cap - len), &err);
         Py_END_ALLOW_THREADS
         len += (Py_ssize_t)got;
         if (err != 0) {
@@ -476,8 +470,8 @@ seconds_to_timespec(PyObject *t, struct timespec *ts)
 /* Returns 0, having parsed mode (an int, 0 for "leave it") and mtime
  * (float seconds, or None for "leave them"), or -1 with an exception set. */
 static int
-parse_mode_mtime(PyObject *mode_arg, PyObject *mtime_arg, long *mode,
-                 struct timespec times[2], int *have_times)
+parse_mode_mtime(PyObject *mode_arg, PyObject *mtime_arg, long *mode, struct timespec times[2],
+                 int *have_times)
 {
     *mode = PyLong_AsLong(mode_arg);
     if (*mode == -1 && PyErr_Occurred()) {
@@ -504,21 +498,20 @@ static void
 set_metadata(int fd, long mode, const struct timespec times[2], int have_times)
 {
     Py_BEGIN_ALLOW_THREADS
-    if (mode != 0) {
-        (void)fchmod(fd, (mode_t)(mode & 07777));
-    }
-    if (have_times) {
-        (void)futimens(fd, times);
-    }
+        if (mode != 0) {
+            (void)fchmod(fd, (mode_t)(mode & 07777));
+        }
+        if (have_times) {
+            (void)futimens(fd, times);
+        }
     Py_END_ALLOW_THREADS
 }
 
-PyDoc_STRVAR(
-    write_file_doc,
-    "rsync_write_file($module, path, data, mode, mtime, /)\n--\n\n"
-    "Write data to path (created or truncated; a symlink there is refused),\n"
-    "then, best effort, set its permission bits to mode (unless 0) and its\n"
-    "access and modification times to mtime (unless None).");
+PyDoc_STRVAR(write_file_doc,
+             "rsync_write_file($module, path, data, mode, mtime, /)\n--\n\n"
+             "Write data to path (created or truncated; a symlink there is refused),\n"
+             "then, best effort, set its permission bits to mode (unless 0) and its\n"
+             "access and modification times to mtime (unless None).");
 
 /* Returns None, having written the file, or NULL with an exception set
  * (OSError naming the file). */
@@ -534,11 +527,7 @@ rsync_write_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     size_t left;
     (void)module;
 
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError,
-                     "rsync_write_file() takes 4 positional arguments but %zd "
-                     "were given",
-                     nargs);
+    if (xn_check_nargs("rsync_write_file", nargs, 4) < 0) {
         goto error;
     }
     if (parse_mode_mtime(args[2], args[3], &mode, times, &have_times) < 0) {
@@ -561,7 +550,7 @@ rsync_write_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         size_t put;
         int err;
         Py_BEGIN_ALLOW_THREADS
-        put = write_all(fd, buf, left, &err);
+            put = write_all(fd, buf, left, &err);
         Py_END_ALLOW_THREADS
         buf += put;
         left -= put;
@@ -608,8 +597,8 @@ kernel_copy(int in, int out, int *err, int *unsupported)
         if (n == 0) {
             return done;
         }
-        if (done == 0 && (errno == ENOSYS || errno == EXDEV || errno == EINVAL ||
-                          errno == EOPNOTSUPP)) {
+        if (done == 0 &&
+            (errno == ENOSYS || errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP)) {
             if (!use_sendfile) {
                 use_sendfile = 1;
                 continue;
@@ -646,13 +635,12 @@ buffer_copy(int in, int out, char *buf, int *err, int *in_failed)
     }
 }
 
-PyDoc_STRVAR(
-    copy_file_doc,
-    "rsync_copy_file($module, source, path, mode, mtime, /)\n--\n\n"
-    "Copy the file source to path (created or truncated; a symlink there is\n"
-    "refused) inside the kernel where possible, then, best effort, set the\n"
-    "permission bits to mode (unless 0) and the times to mtime (unless\n"
-    "None).  Returns the number of bytes copied.");
+PyDoc_STRVAR(copy_file_doc,
+             "rsync_copy_file($module, source, path, mode, mtime, /)\n--\n\n"
+             "Copy the file source to path (created or truncated; a symlink there is\n"
+             "refused) inside the kernel where possible, then, best effort, set the\n"
+             "permission bits to mode (unless 0) and the times to mtime (unless\n"
+             "None).  Returns the number of bytes copied.");
 
 /* Returns the count of bytes copied (new int), or NULL with an exception
  * set (OSError naming the file that failed). */
@@ -668,18 +656,13 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     uint64_t total = 0;
     (void)module;
 
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError,
-                     "rsync_copy_file() takes 4 positional arguments but %zd "
-                     "were given",
-                     nargs);
+    if (xn_check_nargs("rsync_copy_file", nargs, 4) < 0) {
         goto error;
     }
     if (parse_mode_mtime(args[2], args[3], &mode, times, &have_times) < 0) {
         goto error;
     }
-    if (!PyUnicode_FSConverter(args[0], &source) ||
-        !PyUnicode_FSConverter(args[1], &path)) {
+    if (!PyUnicode_FSConverter(args[0], &source) || !PyUnicode_FSConverter(args[1], &path)) {
         goto error;
     }
     /* O_NONBLOCK: a FIFO put there meanwhile is refused below, not waited
@@ -701,7 +684,7 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        total += kernel_copy(in, out, &err, &unsupported);
+            total += kernel_copy(in, out, &err, &unsupported);
         Py_END_ALLOW_THREADS
         if (err == 0) {
             break;
@@ -720,7 +703,7 @@ rsync_copy_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         for (;;) {
             int in_failed;
             Py_BEGIN_ALLOW_THREADS
-            total += buffer_copy(in, out, buf, &err, &in_failed);
+                total += buffer_copy(in, out, buf, &err, &in_failed);
             Py_END_ALLOW_THREADS
             if (err == 0) {
                 break;
@@ -755,10 +738,9 @@ static PyMethodDef rsync_methods[] = {
     {"rsync_md5", (PyCFunction)rsync_md5, METH_O, md5_doc},
     {"rsync_md5_file", (PyCFunction)rsync_md5_file, METH_O, md5_file_doc},
     {"rsync_read_file", (PyCFunction)rsync_read_file, METH_O, read_file_doc},
-    {"rsync_write_file", (PyCFunction)(void (*)(void))rsync_write_file,
-     METH_FASTCALL, write_file_doc},
-    {"rsync_copy_file", (PyCFunction)(void (*)(void))rsync_copy_file,
-     METH_FASTCALL, copy_file_doc},
+    {"rsync_write_file", (PyCFunction)(void (*)(void))rsync_write_file, METH_FASTCALL,
+     write_file_doc},
+    {"rsync_copy_file", (PyCFunction)(void (*)(void))rsync_copy_file, METH_FASTCALL, copy_file_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,4 @@
-/* serializer.c: dumps() and dumps_internal(), the encoding half of WIRE.md §7.
+/* serializer.c: dumps() and dumps_internal(), the encoding of values (doc/protocol.md).
  * The C twin of _encode() and friends in execnet/gateway_base.py. */
 
 #include "execnet.h"
@@ -16,7 +16,7 @@ typedef struct {
     Py_ssize_t n;           /* item slots (a dict has two per entry) */
     Py_ssize_t next;        /* the next slot to encode */
     int level;              /* nesting level of the items */
-    unsigned char kind;     /* 'K' list, 'J' dict, '@' 'O' 'E' */
+    unsigned char kind;     /* XN_OP_NEWLIST, XN_OP_NEWDICT, or a BUILDTUPLE, SET, FROZENSET */
 } frame;
 
 /* A large byte string of the output that is not copied into the encoder's
@@ -175,8 +175,7 @@ add_chunk(encoder *e, const char *data, Py_ssize_t n, PyObject *owner)
     }
     if (e->nchunks == e->chunks_cap) {
         Py_ssize_t cap = e->chunks_cap == 0 ? 8 : e->chunks_cap * 2;
-        chunk *chunks =
-            xn_grow_block(e->chunks, 0, e->nchunks, cap, sizeof(chunk));
+        chunk *chunks = xn_grow_block(e->chunks, 0, e->nchunks, cap, sizeof(chunk));
         if (chunks == NULL) {
             return -1;
         }
@@ -197,8 +196,8 @@ add_chunk(encoder *e, const char *data, Py_ssize_t n, PyObject *owner)
  * by owner), or -1 with DumpError ("<what> is too long") or MemoryError
  * set. */
 static int
-put_sized(encoder *e, unsigned char op, const char *data, Py_ssize_t n,
-          PyObject *owner, const char *what)
+put_sized(encoder *e, unsigned char op, const char *data, Py_ssize_t n, PyObject *owner,
+          const char *what)
 {
     unsigned char *p;
     if (n > INT32_LIMIT) {
@@ -237,8 +236,8 @@ arena_reserve(encoder *e, Py_ssize_t n)
             PyErr_NoMemory();
             return -1;
         }
-        arena = xn_grow_block(e->arena, e->arena == e->arena_inline,
-                              e->arena_len, cap, sizeof(PyObject *));
+        arena = xn_grow_block(e->arena, e->arena == e->arena_inline, e->arena_len, cap,
+                              sizeof(PyObject *));
         if (arena == NULL) {
             return -1;
         }
@@ -251,14 +250,14 @@ arena_reserve(encoder *e, Py_ssize_t n)
 
 /* Returns 0, having opened a container frame, or -1 with MemoryError set. */
 static int
-push_frame(encoder *e, unsigned char kind, PyObject *const *items,
-           Py_ssize_t base, Py_ssize_t n, int level)
+push_frame(encoder *e, unsigned char kind, PyObject *const *items, Py_ssize_t base, Py_ssize_t n,
+           int level)
 {
     frame *f;
     if (e->nframes == e->frames_cap) {
         Py_ssize_t cap = e->frames_cap * 2;
-        frame *frames = xn_grow_block(e->frames, e->frames == e->frames_inline,
-                                      e->nframes, cap, sizeof(frame));
+        frame *frames =
+            xn_grow_block(e->frames, e->frames == e->frames_inline, e->nframes, cap, sizeof(frame));
         if (frames == NULL) {
             return -1;
         }
@@ -292,8 +291,7 @@ pop_frame(encoder *e)
 static int
 too_deep(encoder *e, PyObject *obj)
 {
-    PyErr_Format(e->st->DumpError,
-                 "can't serialize %S: nested deeper than %d levels",
+    PyErr_Format(e->st->DumpError, "can't serialize %S: nested deeper than %d levels",
                  (PyObject *)Py_TYPE(obj), XN_MAX_NESTING);
     return -1;
 }
@@ -315,7 +313,7 @@ put_int(encoder *e, PyObject *obj)
             return -1;
         }
         if (v >= INT32_MIN && v <= INT32_MAX) {
-            return put_op_i32(e, 'F', (int32_t)v);
+            return put_op_i32(e, XN_OP_INT, (int32_t)v);
         }
     }
     text = PyObject_Str(obj);
@@ -323,7 +321,7 @@ put_int(encoder *e, PyObject *obj)
         return -1;
     }
     digits = PyUnicode_AsUTF8AndSize(text, &n);
-    rc = digits == NULL ? -1 : put_sized(e, 'H', digits, n, text, "string");
+    rc = digits == NULL ? -1 : put_sized(e, XN_OP_LONGINT, digits, n, text, "string");
     Py_DECREF(text);
     return rc;
 }
@@ -338,12 +336,11 @@ put_str(encoder *e, PyObject *obj)
     if (data == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
             PyErr_Clear();
-            return xn_raise_from_none(e->st->DumpError,
-                                      "strings must be utf-8 encodable");
+            return xn_raise_from_none(e->st->DumpError, "strings must be utf-8 encodable");
         }
         return -1;
     }
-    return put_sized(e, 'N', data, n, obj, "string");
+    return put_sized(e, XN_OP_PY3STRING, data, n, obj, "string");
 }
 
 /* Returns 0, having written B + the channel id packed as struct's "!i"
@@ -359,7 +356,7 @@ put_channel_id(encoder *e, PyObject *id)
         int overflow;
         long v = PyLong_AsLongAndOverflow(id, &overflow);
         if (overflow == 0 && v >= INT32_MIN && v <= INT32_MAX) {
-            return put_op_i32(e, 'B', (int32_t)v);
+            return put_op_i32(e, XN_OP_CHANNEL, (int32_t)v);
         }
         if (v == -1 && PyErr_Occurred()) {
             return -1;
@@ -382,7 +379,7 @@ put_channel_id(encoder *e, PyObject *id)
     if (p == NULL) {
         goto error;
     }
-    p[0] = 'B';
+    p[0] = XN_OP_CHANNEL;
     memcpy(p + 1, PyBytes_AS_STRING(packed), 4);
     rc = 0;
 
@@ -411,8 +408,7 @@ put_other(encoder *e, PyObject *obj)
         return -1;
     }
     if (!is_channel) {
-        PyErr_Format(e->st->DumpError, "can't serialize %S",
-                     (PyObject *)Py_TYPE(obj));
+        PyErr_Format(e->st->DumpError, "can't serialize %S", (PyObject *)Py_TYPE(obj));
         return -1;
     }
     /* the attribute lookup may run Python code: hold obj meanwhile */
@@ -439,7 +435,7 @@ enter_list(encoder *e, PyObject *list, int level)
         PyErr_SetString(e->st->DumpError, "list is too long");
         return -1;
     }
-    if (put_op_i32(e, 'K', (int32_t)n) < 0) {
+    if (put_op_i32(e, XN_OP_NEWLIST, (int32_t)n) < 0) {
         return -1;
     }
     if (n == 0) {
@@ -454,7 +450,7 @@ enter_list(encoder *e, PyObject *list, int level)
         Py_INCREF(item);
         e->arena[base + i] = item;
     }
-    return push_frame(e, 'K', NULL, base, n, level + 1);
+    return push_frame(e, XN_OP_NEWLIST, NULL, base, n, level + 1);
 }
 
 /* Returns 0, having written a dict's header and opened its frame, or -1. */
@@ -466,7 +462,7 @@ enter_dict(encoder *e, PyObject *dict, int level)
     if (level >= XN_MAX_NESTING) {
         return too_deep(e, dict);
     }
-    if (put_op(e, 'J') < 0) {
+    if (put_op(e, XN_OP_NEWDICT) < 0) {
         return -1;
     }
     if (n == 0) {
@@ -489,7 +485,7 @@ enter_dict(encoder *e, PyObject *dict, int level)
         PyErr_SetString(PyExc_RuntimeError, "dictionary changed size");
         return -1;
     }
-    return push_frame(e, 'J', NULL, base, 2 * n, level + 1);
+    return push_frame(e, XN_OP_NEWDICT, NULL, base, 2 * n, level + 1);
 }
 
 /* Returns 0, having opened a tuple's frame (or written an empty tuple), or
@@ -506,12 +502,11 @@ enter_tuple(encoder *e, PyObject *tuple, int level)
         return -1;
     }
     if (n == 0) {
-        return put_op_i32(e, '@', 0);
+        return put_op_i32(e, XN_OP_BUILDTUPLE, 0);
     }
     /* a tuple cannot change: no snapshot needed, and it stays alive as
      * long as whatever holds it, which is an outer frame or the caller */
-    return push_frame(e, '@', ((PyTupleObject *)tuple)->ob_item, 0, n,
-                      level + 1);
+    return push_frame(e, XN_OP_BUILDTUPLE, ((PyTupleObject *)tuple)->ob_item, 0, n, level + 1);
 }
 
 /* Returns 0, having opened a set's or frozenset's frame (or written an
@@ -583,35 +578,35 @@ encode_value(encoder *e, PyObject *obj, int level)
         if (p == NULL) {
             return -1;
         }
-        p[0] = 'D';
+        p[0] = XN_OP_FLOAT;
         xn_put_f64(p + 1, PyFloat_AS_DOUBLE(obj));
         return 0;
     }
     if (obj == Py_None) {
-        return put_op(e, 'L');
+        return put_op(e, XN_OP_NONE);
     }
     if (tp == &PyBool_Type) {
-        return put_op(e, obj == Py_True ? 'R' : 'C');
+        return put_op(e, obj == Py_True ? XN_OP_TRUE : XN_OP_FALSE);
     }
     if (tp == &PyBytes_Type) {
-        return put_sized(e, 'A', PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj),
-                         obj, "string");
+        return put_sized(e, XN_OP_BYTES, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj), obj,
+                         "string");
     }
     if (tp == &PyComplex_Type) {
         p = out_take(e, 17);
         if (p == NULL) {
             return -1;
         }
-        p[0] = 'T';
+        p[0] = XN_OP_COMPLEX;
         xn_put_f64(p + 1, PyComplex_RealAsDouble(obj));
         xn_put_f64(p + 9, PyComplex_ImagAsDouble(obj));
         return 0;
     }
     if (tp == &PySet_Type) {
-        return enter_set(e, obj, 'O', level);
+        return enter_set(e, obj, XN_OP_SET, level);
     }
     if (tp == &PyFrozenSet_Type) {
-        return enter_set(e, obj, 'E', level);
+        return enter_set(e, obj, XN_OP_FROZENSET, level);
     }
     return put_other(e, obj);
 }
@@ -634,9 +629,9 @@ encode(encoder *e, PyObject *obj)
         int level;
 
         switch (f->kind) {
-        case 'K':
+        case XN_OP_NEWLIST:
             if (f->next == f->n) {
-                if (put_op(e, 'P') < 0) {
+                if (put_op(e, XN_OP_SETITEM) < 0) {
                     return -1;
                 }
                 pop_frame(e);
@@ -648,16 +643,16 @@ encode(encoder *e, PyObject *obj)
                 return -1;
             }
             if (f->next > 0) {
-                *p++ = 'P';
+                *p++ = XN_OP_SETITEM;
             }
             else {
                 e->len--;
             }
-            p[0] = 'F';
+            p[0] = XN_OP_INT;
             xn_put_i32(p + 1, (int32_t)f->next);
             break;
-        case 'J':
-            if (f->next > 0 && (f->next & 1) == 0 && put_op(e, 'P') < 0) {
+        case XN_OP_NEWDICT:
+            if (f->next > 0 && (f->next & 1) == 0 && put_op(e, XN_OP_SETITEM) < 0) {
                 return -1;
             }
             if (f->next == f->n) {
@@ -671,7 +666,7 @@ encode(encoder *e, PyObject *obj)
                 continue;
             }
             break;
-        default: /* '@' 'O' 'E' */
+        default: /* XN_OP_BUILDTUPLE, XN_OP_SET, XN_OP_FROZENSET */
             if (f->next == f->n) {
                 if (put_op_i32(e, f->kind, (int32_t)f->n) < 0) {
                     return -1;
@@ -681,8 +676,7 @@ encode(encoder *e, PyObject *obj)
             }
             break;
         }
-        item =
-            f->items != NULL ? f->items[f->next] : e->arena[f->base + f->next];
+        item = f->items != NULL ? f->items[f->next] : e->arena[f->base + f->next];
         f->next++;
         level = f->level;
         /* f may move: encode_value can grow the frame array */
@@ -690,7 +684,7 @@ encode(encoder *e, PyObject *obj)
             return -1;
         }
     }
-    return put_op(e, 'Q');
+    return put_op(e, XN_OP_STOP);
 }
 
 /* Returns the output of e, its buffer and chunks joined, as a new bytes
@@ -758,8 +752,8 @@ error:
  * large byte strings are not copied but passed from the objects holding
  * them. Returns what write returned, or -1 with an exception set. */
 int
-xn_write_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid,
-                 xn_piece_writer write, void *ctx)
+xn_write_message(xn_state *st, PyObject *obj, int msgcode, int32_t channelid, xn_piece_writer write,
+                 void *ctx)
 {
     encoder e;
     xn_piece *pieces = NULL;
@@ -805,15 +799,13 @@ done:
 
 static const char *const dumps_params[] = {"obj"};
 
-PyDoc_STRVAR(dumps_doc,
-             "dumps($module, /, obj)\n--\n\n"
-             "Serialize obj to bytes (with the dump format version byte).");
+PyDoc_STRVAR(dumps_doc, "dumps($module, /, obj)\n--\n\n"
+                        "Serialize obj to bytes (with the dump format version byte).");
 
 /* Returns DUMPFORMAT_VERSION + the encoding of obj (new reference), or NULL
  * with an exception set. */
 static PyObject *
-serializer_dumps(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames)
+serializer_dumps(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     xn_state *st = xn_get_state(module);
     PyObject *obj, *version, *body, *result;
@@ -821,8 +813,7 @@ serializer_dumps(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     if (nargs == 1 && kwnames == NULL) {
         obj = args[0];
     }
-    else if (xn_parse_args("dumps", args, nargs, kwnames, dumps_params, 1, 1,
-                           &obj) < 0) {
+    else if (xn_parse_args("dumps", args, nargs, kwnames, dumps_params, 1, 1, &obj) < 0) {
         return NULL;
     }
     if (xn_require_installed(st) < 0) {
@@ -844,16 +835,15 @@ serializer_dumps(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     return result;
 }
 
-PyDoc_STRVAR(
-    dumps_internal_doc,
-    "dumps_internal($module, /, obj)\n--\n\n"
-    "Serialize obj without version byte, as message payloads carry it.");
+PyDoc_STRVAR(dumps_internal_doc,
+             "dumps_internal($module, /, obj)\n--\n\n"
+             "Serialize obj without version byte, as message payloads carry it.");
 
 /* Returns the encoding of obj without version (new reference), or NULL with
  * an exception set. */
 static PyObject *
-serializer_dumps_internal(PyObject *module, PyObject *const *args,
-                          Py_ssize_t nargs, PyObject *kwnames)
+serializer_dumps_internal(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
 {
     xn_state *st = xn_get_state(module);
     PyObject *obj;
@@ -861,8 +851,7 @@ serializer_dumps_internal(PyObject *module, PyObject *const *args,
     if (nargs == 1 && kwnames == NULL) {
         obj = args[0];
     }
-    else if (xn_parse_args("dumps_internal", args, nargs, kwnames, dumps_params,
-                           1, 1, &obj) < 0) {
+    else if (xn_parse_args("dumps_internal", args, nargs, kwnames, dumps_params, 1, 1, &obj) < 0) {
         return NULL;
     }
     if (xn_require_installed(st) < 0) {
@@ -872,8 +861,8 @@ serializer_dumps_internal(PyObject *module, PyObject *const *args,
 }
 
 static PyMethodDef dumps_methods[] = {
-    {"dumps", (PyCFunction)(void (*)(void))serializer_dumps,
-     METH_FASTCALL | METH_KEYWORDS, dumps_doc},
+    {"dumps", (PyCFunction)(void (*)(void))serializer_dumps, METH_FASTCALL | METH_KEYWORDS,
+     dumps_doc},
     {"dumps_internal", (PyCFunction)(void (*)(void))serializer_dumps_internal,
      METH_FASTCALL | METH_KEYWORDS, dumps_internal_doc},
     {NULL, NULL, 0, NULL},

@@ -56,10 +56,12 @@ lend(int fd, char *data, size_t n)
         struct iovec iov = {data, n};
         ssize_t done = vmsplice(fd, &iov, 1, 0);
         if (done < 0) {
-            if (errno == EINTR)
+            if (errno == EINTR) {
                 continue;
-            if (first && (errno == EINVAL || errno == EBADF || errno == ENOSYS || errno == EPERM))
+            }
+            if (first && (errno == EINVAL || errno == EBADF || errno == ENOSYS || errno == EPERM)) {
                 return -1;
+            }
             return errno;
         }
         first = 0;
@@ -74,13 +76,15 @@ xn_splice_write(xn_splice_ring *r, int fd, const xn_piece *pieces, Py_ssize_t co
                 Py_ssize_t *pieces_done, Py_ssize_t *offset_done)
 {
     size_t page = page_size();
-    if (r->unusable)
+    if (r->unusable) {
         return 0;
+    }
     if (r->base == NULL) {
-        void *base = mmap(NULL, RING_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                          -1, 0);
-        if (base == MAP_FAILED)
+        void *base =
+            mmap(NULL, RING_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) {
             return 0; /* not now: the caller writes it all */
+        }
 #ifdef MADV_WIPEONFORK
         /* a forked child gets fresh pages here instead of sharing ours
          * (which would cost us a copy of each page we then rewrite); a
@@ -93,23 +97,27 @@ xn_splice_write(xn_splice_ring *r, int fd, const xn_piece *pieces, Py_ssize_t co
     Py_ssize_t next = *pieces_done, offset = *offset_done;
     while (next < count) {
         int size = fcntl(fd, F_GETPIPE_SZ);
-        if (size <= 0)
+        if (size <= 0) {
             break;
+        }
         uint64_t slots = (uint64_t)size / page;
-        if (slots + CHUNK_BYTES / page > r->pages)
+        if (slots + CHUNK_BYTES / page > r->pages) {
             break; /* a pipe this big would still hold pages we rewrite */
+        }
         size_t start = (size_t)(r->lent % r->pages);
         size_t room = (r->pages - start) * page;
-        if (room > CHUNK_BYTES)
+        if (room > CHUNK_BYTES) {
             room = CHUNK_BYTES;
+        }
         /* the pages from start on were lent at least r->pages pages ago,
          * more than slots: released. Fill as much as allowed. */
         char *chunk = r->base + start * page;
         size_t filled = 0;
         while (filled < room && next < count) {
             size_t n = (size_t)(pieces[next].size - offset);
-            if (n > room - filled)
+            if (n > room - filled) {
                 n = room - filled;
+            }
             memcpy(chunk + filled, pieces[next].data + offset, n);
             filled += n;
             offset += (Py_ssize_t)n;
@@ -123,8 +131,9 @@ xn_splice_write(xn_splice_ring *r, int fd, const xn_piece *pieces, Py_ssize_t co
             r->unusable = 1; /* the caller writes this chunk and the rest */
             return 0;
         }
-        if (err != 0)
+        if (err != 0) {
             return err;
+        }
         r->lent += (filled + page - 1) / page;
         *pieces_done = next;
         *offset_done = offset;
@@ -135,7 +144,8 @@ xn_splice_write(xn_splice_ring *r, int fd, const xn_piece *pieces, Py_ssize_t co
 void
 xn_splice_ring_free(xn_splice_ring *r)
 {
-    if (r->base != NULL)
+    if (r->base != NULL) {
         munmap(r->base, RING_BYTES);
+    }
     r->base = NULL;
 }

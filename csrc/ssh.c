@@ -93,13 +93,10 @@ last_error_text(LIBSSH2_SESSION *s)
 static int
 is_channel_error(int rc)
 {
-    return rc == LIBSSH2_ERROR_CHANNEL_OUTOFORDER ||
-           rc == LIBSSH2_ERROR_CHANNEL_FAILURE ||
-           rc == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED ||
-           rc == LIBSSH2_ERROR_CHANNEL_UNKNOWN ||
+    return rc == LIBSSH2_ERROR_CHANNEL_OUTOFORDER || rc == LIBSSH2_ERROR_CHANNEL_FAILURE ||
+           rc == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED || rc == LIBSSH2_ERROR_CHANNEL_UNKNOWN ||
            rc == LIBSSH2_ERROR_CHANNEL_WINDOW_EXCEEDED ||
-           rc == LIBSSH2_ERROR_CHANNEL_PACKET_EXCEEDED ||
-           rc == LIBSSH2_ERROR_CHANNEL_CLOSED ||
+           rc == LIBSSH2_ERROR_CHANNEL_PACKET_EXCEEDED || rc == LIBSSH2_ERROR_CHANNEL_CLOSED ||
            rc == LIBSSH2_ERROR_CHANNEL_EOF_SENT;
 }
 
@@ -193,8 +190,8 @@ session_died(xn_ssh_core *core, int rc)
 {
     if (!core->dead) {
         core->dead = 1;
-        snprintf(core->dead_text, sizeof core->dead_text,
-                 "ssh connection lost: %s (%d)", last_error_text(core->s), rc);
+        snprintf(core->dead_text, sizeof core->dead_text, "ssh connection lost: %s (%d)",
+                 last_error_text(core->s), rc);
     }
     for (xn_sshchan *c = core->chans; c != NULL; c = c->next) {
         if (c->state == CH_REQUESTED) {
@@ -233,8 +230,7 @@ pump_open(xn_ssh_core *core, xn_sshchan *c, int *err)
                 return 0;
             }
             if (is_channel_error(rc)) {
-                snprintf(c->error, sizeof c->error,
-                         "cannot open an ssh channel: %s",
+                snprintf(c->error, sizeof c->error, "cannot open an ssh channel: %s",
                          last_error_text(core->s));
                 chan_finish(core, c, CH_FAILED);
                 return 1;
@@ -270,8 +266,7 @@ pump_open(xn_ssh_core *core, xn_sshchan *c, int *err)
  * anything moved, 0 if nothing could, -1 if the session failed (rc in
  * *err).  Sets *want_in / *want_out when the pipes are worth polling. */
 static int
-pump_running(xn_ssh_core *core, xn_sshchan *c, int *err, short *want_in,
-             short *want_out)
+pump_running(xn_ssh_core *core, xn_sshchan *c, int *err, short *want_in, short *want_out)
 {
     int progress = 0;
     ssize_t n = 0;
@@ -295,8 +290,7 @@ pump_running(xn_ssh_core *core, xn_sshchan *c, int *err, short *want_in,
     }
     /* remote -> gateway (dropped once the gateway stopped reading) */
     while (c->out_end < XN_SSH_BUF) {
-        n = libssh2_channel_read(c->ch, c->outbuf + c->out_end,
-                                 XN_SSH_BUF - c->out_end);
+        n = libssh2_channel_read(c->ch, c->outbuf + c->out_end, XN_SSH_BUF - c->out_end);
         if (n > 0) {
             c->out_end = c->out_fd >= 0 ? c->out_end + (size_t)n : 0;
             progress = 1;
@@ -354,8 +348,7 @@ pump_running(xn_ssh_core *core, xn_sshchan *c, int *err, short *want_in,
         if (c->in_start == c->in_end) {
             break;
         }
-        n = libssh2_channel_write(c->ch, c->inbuf + c->in_start,
-                                  c->in_end - c->in_start);
+        n = libssh2_channel_write(c->ch, c->inbuf + c->in_start, c->in_end - c->in_start);
         if (n > 0) {
             c->in_start += (size_t)n;
             c->write_pending = 0;
@@ -363,8 +356,8 @@ pump_running(xn_ssh_core *core, xn_sshchan *c, int *err, short *want_in,
             continue;
         }
         if (n == LIBSSH2_ERROR_EAGAIN) {
-            c->write_pending = (libssh2_session_block_directions(core->s) &
-                                LIBSSH2_SESSION_BLOCK_OUTBOUND) != 0;
+            c->write_pending =
+                (libssh2_session_block_directions(core->s) & LIBSSH2_SESSION_BLOCK_OUTBOUND) != 0;
             break;
         }
         c->write_pending = 0;
@@ -440,8 +433,7 @@ pump_close(xn_ssh_core *core, xn_sshchan *c, int *err)
         }
         if (c->error[0] == '\0') {
             char *signal = NULL;
-            libssh2_channel_get_exit_signal(c->ch, &signal, NULL, NULL, NULL,
-                                            NULL, NULL);
+            libssh2_channel_get_exit_signal(c->ch, &signal, NULL, NULL, NULL, NULL, NULL);
             if (signal != NULL) {
                 c->exit_status = -1; /* killed: no status */
                 libssh2_free(core->s, signal);
@@ -470,8 +462,8 @@ pump_close(xn_ssh_core *core, xn_sshchan *c, int *err)
  * pipes worth polling and counts them in *nfds; *queued is set when a
  * channel has bytes waiting inside libssh2. */
 static int
-pump_pass(xn_ssh_core *core, struct pollfd *fds, int *nfds, int maxfds,
-          int *active, int *queued, int *err)
+pump_pass(xn_ssh_core *core, struct pollfd *fds, int *nfds, int maxfds, int *active, int *queued,
+          int *err)
 {
     int progress = 0, opening = 0, r;
     *active = 0;
@@ -518,8 +510,7 @@ pump_pass(xn_ssh_core *core, struct pollfd *fds, int *nfds, int maxfds,
                 fds[*nfds].events = POLLOUT;
                 (*nfds)++;
             }
-            if (c->out_end < XN_SSH_BUF &&
-                libssh2_channel_window_read_ex(c->ch, NULL, NULL) > 0) {
+            if (c->out_end < XN_SSH_BUF && libssh2_channel_window_read_ex(c->ch, NULL, NULL) > 0) {
                 *queued = 1;
             }
         }
@@ -743,8 +734,7 @@ claim_setup(xn_ssh_session *self)
         return NULL;
     }
     if (core->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "another thread is using this ssh session");
+        PyErr_SetString(PyExc_RuntimeError, "another thread is using this ssh session");
         return NULL;
     }
     core->busy = 1;
@@ -763,8 +753,7 @@ session_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     xn_ssh_session *self = NULL;
     pthread_condattr_t attr;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "id:SshSession", kwlist,
-                                     &fd, &timeout)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "id:SshSession", kwlist, &fd, &timeout)) {
         return NULL;
     }
     core = calloc(1, sizeof *core);
@@ -780,8 +769,7 @@ session_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&core->cond, &attr);
     pthread_condattr_destroy(&attr);
-    if (make_pipe(&core->wake[0], &core->wake[1]) < 0 ||
-        set_nonblocking(core->wake[0]) < 0 ||
+    if (make_pipe(&core->wake[0], &core->wake[1]) < 0 || set_nonblocking(core->wake[0]) < 0 ||
         set_nonblocking(core->wake[1]) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto error;
@@ -825,8 +813,7 @@ session_set_hostkey_methods(xn_ssh_session *self, PyObject *args)
     rc = libssh2_session_method_pref(core->s, LIBSSH2_METHOD_HOSTKEY, prefs);
     core->busy = 0;
     if (rc != 0) {
-        return raise_ssh_errorf((PyObject *)self,
-                                "no usable host key algorithm in %s: %s", prefs,
+        return raise_ssh_errorf((PyObject *)self, "no usable host key algorithm in %s: %s", prefs,
                                 last_error_text(core->s));
     }
     Py_RETURN_NONE;
@@ -842,7 +829,7 @@ session_handshake(xn_ssh_session *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    rc = libssh2_session_handshake(core->s, core->sock);
+        rc = libssh2_session_handshake(core->s, core->sock);
     Py_END_ALLOW_THREADS
     core->busy = 0;
     if (rc != 0) {
@@ -907,19 +894,18 @@ session_check_host_key(xn_ssh_session *self, PyObject *args)
         goto error;
     }
     Py_BEGIN_ALLOW_THREADS
-    f = fopen(path, "r");
-    if (f != NULL) {
-        while (fgets(line, sizeof line, f) != NULL) {
-            (void)libssh2_knownhost_readline(kh, line, strlen(line),
-                                             LIBSSH2_KNOWNHOST_FILE_OPENSSH);
+        f = fopen(path, "r");
+        if (f != NULL) {
+            while (fgets(line, sizeof line, f) != NULL) {
+                (void)libssh2_knownhost_readline(kh, line, strlen(line),
+                                                 LIBSSH2_KNOWNHOST_FILE_OPENSSH);
+            }
+            fclose(f);
         }
-        fclose(f);
-    }
-    rc = libssh2_knownhost_checkp(
-        kh, host, port, key, keylen,
-        LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
-            knownhost_keybits(type),
-        NULL);
+        rc = libssh2_knownhost_checkp(kh, host, port, key, keylen,
+                                      LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
+                                          knownhost_keybits(type),
+                                      NULL);
     Py_END_ALLOW_THREADS
     libssh2_knownhost_free(kh);
     core->busy = 0;
@@ -965,17 +951,15 @@ session_host_key_line(xn_ssh_session *self, PyObject *args)
         raise_ssh_error((PyObject *)self, "no host key to record");
         goto error;
     }
-    rc = libssh2_knownhost_addc(
-        kh, name, NULL, key, keylen, NULL, 0,
-        LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
-            knownhost_keybits(type),
-        NULL);
+    rc = libssh2_knownhost_addc(kh, name, NULL, key, keylen, NULL, 0,
+                                LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
+                                    knownhost_keybits(type),
+                                NULL);
     if (rc == 0) {
         struct libssh2_knownhost *entry = NULL;
         rc = libssh2_knownhost_get(kh, &entry, NULL);
         if (rc == 0) {
-            rc = libssh2_knownhost_writeline(kh, entry, line, sizeof line,
-                                             &outlen,
+            rc = libssh2_knownhost_writeline(kh, entry, line, sizeof line, &outlen,
                                              LIBSSH2_KNOWNHOST_FILE_OPENSSH);
         }
     }
@@ -1011,15 +995,14 @@ session_auth_methods(xn_ssh_session *self, PyObject *args)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    list = libssh2_userauth_list(core->s, user, (unsigned int)ulen);
+        list = libssh2_userauth_list(core->s, user, (unsigned int)ulen);
     Py_END_ALLOW_THREADS
     core->busy = 0;
     if (list == NULL) {
         if (libssh2_userauth_authenticated(core->s)) {
             return PyUnicode_FromString("");
         }
-        return raise_ssh_errorf((PyObject *)self,
-                                "ssh authentication failed: %s",
+        return raise_ssh_errorf((PyObject *)self, "ssh authentication failed: %s",
                                 last_error_text(core->s));
     }
     return PyUnicode_FromString(list);
@@ -1029,8 +1012,7 @@ session_auth_methods(xn_ssh_session *self, PyObject *args)
  * NULL) authenticated user, else -1 with text describing why in
  * why[0..size) (no GIL needed). */
 static int
-agent_auth(xn_ssh_core *core, const char *user, const char *socket_path,
-           char *why, size_t size)
+agent_auth(xn_ssh_core *core, const char *user, const char *socket_path, char *why, size_t size)
 {
     LIBSSH2_AGENT *agent = libssh2_agent_init(core->s);
     struct libssh2_agent_publickey *identity = NULL, *prev = NULL;
@@ -1064,8 +1046,7 @@ agent_auth(xn_ssh_core *core, const char *user, const char *socket_path,
         prev = identity;
     }
     if (result != 0) {
-        snprintf(why, size, "%d agent key%s refused", tried,
-                 tried == 1 ? "" : "s");
+        snprintf(why, size, "%d agent key%s refused", tried, tried == 1 ? "" : "s");
     }
     libssh2_agent_disconnect(agent);
 
@@ -1093,7 +1074,7 @@ session_auth_agent(xn_ssh_session *self, PyObject *args)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    rc = agent_auth(core, user, socket_path, why, sizeof why);
+        rc = agent_auth(core, user, socket_path, why, sizeof why);
     Py_END_ALLOW_THREADS
     core->busy = 0;
     if (rc == 0) {
@@ -1113,8 +1094,7 @@ session_auth_key_file(xn_ssh_session *self, PyObject *args)
     int rc;
     xn_ssh_core *core;
 
-    if (!PyArg_ParseTuple(args, "s#s|z:auth_key_file", &user, &ulen, &path,
-                          &passphrase)) {
+    if (!PyArg_ParseTuple(args, "s#s|z:auth_key_file", &user, &ulen, &path, &passphrase)) {
         return NULL;
     }
     core = claim_setup(self);
@@ -1122,9 +1102,8 @@ session_auth_key_file(xn_ssh_session *self, PyObject *args)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    rc = libssh2_userauth_publickey_fromfile_ex(core->s, user,
-                                                (unsigned int)ulen, NULL, path,
-                                                passphrase);
+        rc = libssh2_userauth_publickey_fromfile_ex(core->s, user, (unsigned int)ulen, NULL, path,
+                                                    passphrase);
     Py_END_ALLOW_THREADS
     core->busy = 0;
     if (rc == 0) {
@@ -1275,61 +1254,58 @@ session_open_channel(xn_ssh_session *self, PyObject *args)
         PyErr_NoMemory();
         goto error;
     }
-    if (make_pipe(&c->in_fd, &gw_write) < 0 ||
-        make_pipe(&gw_read, &c->out_fd) < 0 || set_nonblocking(c->in_fd) < 0 ||
-        set_nonblocking(c->out_fd) < 0) {
+    if (make_pipe(&c->in_fd, &gw_write) < 0 || make_pipe(&gw_read, &c->out_fd) < 0 ||
+        set_nonblocking(c->in_fd) < 0 || set_nonblocking(c->out_fd) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto error;
     }
     enter_core(core);
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&core->lock);
-    if (core->dead) {
-        snprintf(error, sizeof error, "%s", core->dead_text);
-        state = CH_FAILED;
-    }
-    else {
-        xn_sshchan **tail = &core->chans;
-        while (*tail != NULL) {
-            tail = &(*tail)->next;
+        pthread_mutex_lock(&core->lock);
+        if (core->dead) {
+            snprintf(error, sizeof error, "%s", core->dead_text);
+            state = CH_FAILED;
         }
-        c->id = core->next_id++;
-        *tail = c;
-        wake_pump(core);
-        for (;;) {
-            state = c->state;
-            if (state != CH_REQUESTED) {
-                break;
+        else {
+            xn_sshchan **tail = &core->chans;
+            while (*tail != NULL) {
+                tail = &(*tail)->next;
             }
-            if (core->closing) {
-                snprintf(error, sizeof error, "the ssh session was closed");
-                break;
+            c->id = core->next_id++;
+            *tail = c;
+            wake_pump(core);
+            for (;;) {
+                state = c->state;
+                if (state != CH_REQUESTED) {
+                    break;
+                }
+                if (core->closing) {
+                    snprintf(error, sizeof error, "the ssh session was closed");
+                    break;
+                }
+                if (deadline >= 0 && xn_monotonic_ns() >= deadline) {
+                    c->close_req = 1;
+                    wake_pump(core);
+                    snprintf(error, sizeof error, "timed out opening an ssh channel");
+                    break;
+                }
+                interrupted = signal_raised(core, &_save);
+                if (interrupted) {
+                    c->close_req = 1;
+                    wake_pump(core);
+                    break;
+                }
+                wait_until(core, deadline);
             }
-            if (deadline >= 0 && xn_monotonic_ns() >= deadline) {
-                c->close_req = 1;
-                wake_pump(core);
-                snprintf(error, sizeof error,
-                         "timed out opening an ssh channel");
-                break;
+            if (error[0] == '\0' && !interrupted && (state == CH_FAILED || c->error[0] != '\0')) {
+                snprintf(error, sizeof error, "%s",
+                         c->error[0] ? c->error : "cannot open an ssh channel");
             }
-            interrupted = signal_raised(core, &_save);
-            if (interrupted) {
-                c->close_req = 1;
-                wake_pump(core);
-                break;
-            }
-            wait_until(core, deadline);
+            id = c->id;
+            c = NULL; /* the pump owns it now */
         }
-        if (error[0] == '\0' && !interrupted &&
-            (state == CH_FAILED || c->error[0] != '\0')) {
-            snprintf(error, sizeof error, "%s",
-                     c->error[0] ? c->error : "cannot open an ssh channel");
-        }
-        id = c->id;
-        c = NULL; /* the pump owns it now */
-    }
-    leave_core(core);
-    pthread_mutex_unlock(&core->lock);
+        leave_core(core);
+        pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
     if (interrupted) {
         goto error;
@@ -1370,14 +1346,14 @@ session_close_channel(xn_ssh_session *self, PyObject *args)
     }
     enter_core(core);
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&core->lock);
-    xn_sshchan *c = find_chan(core, id);
-    if (c != NULL) {
-        c->close_req = 1;
-        wake_pump(core);
-    }
-    leave_core(core);
-    pthread_mutex_unlock(&core->lock);
+        pthread_mutex_lock(&core->lock);
+        xn_sshchan *c = find_chan(core, id);
+        if (c != NULL) {
+            c->close_req = 1;
+            wake_pump(core);
+        }
+        leave_core(core);
+        pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -1406,30 +1382,29 @@ session_wait_channel(xn_ssh_session *self, PyObject *args)
     }
     enter_core(core);
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&core->lock);
-    for (;;) {
-        xn_sshchan *c = find_chan(core, id);
-        if (c == NULL) {
-            known = 0;
-            break;
+        pthread_mutex_lock(&core->lock);
+        for (;;) {
+            xn_sshchan *c = find_chan(core, id);
+            if (c == NULL) {
+                known = 0;
+                break;
+            }
+            if (c->state == CH_DONE || c->state == CH_FAILED) {
+                done = 1;
+                status = c->exit_status;
+                break;
+            }
+            if (core->closing || (deadline >= 0 && xn_monotonic_ns() >= deadline)) {
+                break;
+            }
+            interrupted = signal_raised(core, &_save);
+            if (interrupted) {
+                break;
+            }
+            wait_until(core, deadline);
         }
-        if (c->state == CH_DONE || c->state == CH_FAILED) {
-            done = 1;
-            status = c->exit_status;
-            break;
-        }
-        if (core->closing ||
-            (deadline >= 0 && xn_monotonic_ns() >= deadline)) {
-            break;
-        }
-        interrupted = signal_raised(core, &_save);
-        if (interrupted) {
-            break;
-        }
-        wait_until(core, deadline);
-    }
-    leave_core(core);
-    pthread_mutex_unlock(&core->lock);
+        leave_core(core);
+        pthread_mutex_unlock(&core->lock);
     Py_END_ALLOW_THREADS
     if (interrupted) {
         return NULL;
@@ -1453,21 +1428,20 @@ session_close(xn_ssh_session *self, PyObject *Py_UNUSED(ignored))
         Py_RETURN_NONE;
     }
     if (core->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "another thread is using this ssh session");
+        PyErr_SetString(PyExc_RuntimeError, "another thread is using this ssh session");
         return NULL;
     }
     self->core = NULL;
     Py_BEGIN_ALLOW_THREADS
-    /* threads waiting in the core leave before it goes */
-    pthread_mutex_lock(&core->lock);
-    core->closing = 1;
-    pthread_cond_broadcast(&core->cond);
-    while (core->users > 0) {
-        pthread_cond_wait(&core->cond, &core->lock);
-    }
-    pthread_mutex_unlock(&core->lock);
-    core_free(core, 1);
+        /* threads waiting in the core leave before it goes */
+        pthread_mutex_lock(&core->lock);
+        core->closing = 1;
+        pthread_cond_broadcast(&core->cond);
+        while (core->users > 0) {
+            pthread_cond_wait(&core->cond, &core->lock);
+        }
+        pthread_mutex_unlock(&core->lock);
+        core_free(core, 1);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -1514,7 +1488,7 @@ session_dealloc(xn_ssh_session *self)
         xn_ssh_core *core = self->core;
         self->core = NULL;
         Py_BEGIN_ALLOW_THREADS
-        core_free(core, 0);
+            core_free(core, 0);
         Py_END_ALLOW_THREADS
     }
     tp->tp_free((PyObject *)self);
@@ -1522,8 +1496,7 @@ session_dealloc(xn_ssh_session *self)
 }
 
 static PyMethodDef session_methods[] = {
-    {"set_hostkey_methods", (PyCFunction)session_set_hostkey_methods,
-     METH_VARARGS,
+    {"set_hostkey_methods", (PyCFunction)session_set_hostkey_methods, METH_VARARGS,
      "set_hostkey_methods(prefs)\n--\n\nHost key algorithms to offer, best "
      "first."},
     {"handshake", (PyCFunction)session_handshake, METH_NOARGS,
@@ -1559,8 +1532,7 @@ static PyMethodDef session_methods[] = {
 
 static PyGetSetDef session_getset[] = {
     {"alive", (getter)session_get_alive, NULL, "True while connected.", NULL},
-    {"open_channels", (getter)session_get_open_channels, NULL,
-     "Channels not over yet.", NULL},
+    {"open_channels", (getter)session_get_open_channels, NULL, "Channels not over yet.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1598,8 +1570,7 @@ ssh_hostkey_algorithms(PyObject *module, PyObject *Py_UNUSED(ignored))
     }
     n = libssh2_session_supported_algs(s, LIBSSH2_METHOD_HOSTKEY, &algs);
     if (n < 0) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "libssh2 does not list its host key algorithms");
+        PyErr_SetString(PyExc_RuntimeError, "libssh2 does not list its host key algorithms");
         goto error;
     }
     list = PyList_New(0);
@@ -1648,13 +1619,12 @@ ssh_module_exec(PyObject *module)
     if (PyModule_AddStringConstant(module, "LIBSSH2_VERSION", libssh2_version(0)) < 0) {
         return -1;
     }
-    st->SshError = PyErr_NewExceptionWithDoc("execnet._ssh.SshError",
-                                             "An SSH session failed.", NULL, NULL);
+    st->SshError =
+        PyErr_NewExceptionWithDoc("execnet._ssh.SshError", "An SSH session failed.", NULL, NULL);
     if (st->SshError == NULL || PyModule_AddObjectRef(module, "SshError", st->SshError) < 0) {
         return -1;
     }
-    st->SshSessionType =
-        (PyTypeObject *)xn_type_from_spec(module, &session_spec);
+    st->SshSessionType = (PyTypeObject *)xn_type_from_spec(module, &session_spec);
     if (st->SshSessionType == NULL) {
         return -1;
     }
@@ -1691,8 +1661,7 @@ ssh_module_free(void *module)
 static PyModuleDef_Slot ssh_module_slots[] = {
     {Py_mod_exec, (void *)ssh_module_exec},
     XN_SLOT_INTERPRETERS /* see compat.h for why */
-    XN_SLOT_GIL
-    {0, NULL},
+        XN_SLOT_GIL{0, NULL},
 };
 
 /* clang-format off */

@@ -1,5 +1,5 @@
-/* unserializer.c: loads() and loads_internal(), the decoding half of WIRE.md
- * §7.  The C twin of the Unserializer class in execnet/gateway_base.py. */
+/* unserializer.c: loads() and loads_internal(), the decoding of values (doc/protocol.md).
+ * The C twin of the Unserializer class in execnet/gateway_base.py. */
 
 #include "execnet.h"
 
@@ -18,10 +18,10 @@ typedef struct {
 typedef struct {
     xn_state *st;
     const unsigned char *start, *p, *end; /* the data; the bytes not read yet */
-    Py_ssize_t listed; /* the sizes of all lists so far, added up */
+    Py_ssize_t listed;                    /* the sizes of all lists so far, added up */
     entry *stack;
     Py_ssize_t height, cap;
-    PyObject *owner; /* channel_or_gateway (borrowed), or NULL */
+    PyObject *owner;                               /* channel_or_gateway (borrowed), or NULL */
     PyObject *py2str_as_py3str, *py3str_as_py2str; /* owned */
     entry stack_inline[STACK_INLINE];
 } decoder;
@@ -105,8 +105,7 @@ read_sized(decoder *d, const char **data, Py_ssize_t *n)
 static int
 nested_too_deep(decoder *d)
 {
-    PyErr_Format(d->st->LoadError, "data nested deeper than %d levels",
-                 XN_MAX_NESTING);
+    PyErr_Format(d->st->LoadError, "data nested deeper than %d levels", XN_MAX_NESTING);
     return -1;
 }
 
@@ -117,8 +116,8 @@ static int
 grow_stack(decoder *d)
 {
     Py_ssize_t cap = d->cap * 2;
-    entry *stack = xn_grow_block(d->stack, d->stack == d->stack_inline,
-                                 d->height, cap, sizeof(entry));
+    entry *stack =
+        xn_grow_block(d->stack, d->stack == d->stack_inline, d->height, cap, sizeof(entry));
     if (stack == NULL) {
         return -1;
     }
@@ -214,19 +213,19 @@ leaf_size(decoder *d, const unsigned char *p)
         return 0;
     }
     switch (p[0]) {
-    case 'N':
+    case XN_OP_PY3STRING:
         if (have < 5 || d->py3str_as_py2str != Py_False) {
             return 0;
         }
         n = xn_get_i32(p + 1);
         return n >= 0 && have - 5 >= n ? 5 + (Py_ssize_t)n : 0;
-    case 'F':
+    case XN_OP_INT:
         return have >= 5 ? 5 : 0;
-    case 'D':
+    case XN_OP_FLOAT:
         return have >= 9 ? 9 : 0;
-    case 'L':
-    case 'R':
-    case 'C':
+    case XN_OP_NONE:
+    case XN_OP_TRUE:
+    case XN_OP_FALSE:
         return 1;
     default:
         return 0;
@@ -241,19 +240,19 @@ leaf_value(decoder *d, const unsigned char *p)
 {
     PyObject *value;
     switch (p[0]) {
-    case 'N':
+    case XN_OP_PY3STRING:
         return decode_utf8(d, (const char *)p + 5, xn_get_i32(p + 1));
-    case 'F':
+    case XN_OP_INT:
         return PyLong_FromLong(xn_get_i32(p + 1));
-    case 'D':
+    case XN_OP_FLOAT:
         return PyFloat_FromDouble(xn_get_f64(p + 1));
-    case 'L':
+    case XN_OP_NONE:
         value = Py_None;
         break;
-    case 'R':
+    case XN_OP_TRUE:
         value = Py_True;
         break;
-    default: /* 'C' */
+    default: /* XN_OP_FALSE */
         value = Py_False;
         break;
     }
@@ -272,11 +271,11 @@ fill_list(decoder *d, PyObject *list, Py_ssize_t next)
         PyObject *value, *old;
         Py_ssize_t vsize;
 
-        if (d->end - p < 6 || p[0] != 'F' || xn_get_i32(p + 1) != next) {
+        if (d->end - p < 6 || p[0] != XN_OP_INT || xn_get_i32(p + 1) != next) {
             return 0;
         }
         vsize = leaf_size(d, p + 5);
-        if (vsize == 0 || d->end - p == 5 + vsize || p[5 + vsize] != 'P') {
+        if (vsize == 0 || d->end - p == 5 + vsize || p[5 + vsize] != XN_OP_SETITEM) {
             return 0;
         }
         value = leaf_value(d, p + 5);
@@ -312,8 +311,7 @@ fill_dict(decoder *d, PyObject *dict)
             return 0;
         }
         vsize = leaf_size(d, p + ksize);
-        if (vsize == 0 || d->end - p == ksize + vsize ||
-            p[ksize + vsize] != 'P') {
+        if (vsize == 0 || d->end - p == ksize + vsize || p[ksize + vsize] != XN_OP_SETITEM) {
             return 0;
         }
         key = leaf_value(d, p);
@@ -357,8 +355,7 @@ op_longint(decoder *d)
     if (value == NULL) {
         if (PyErr_ExceptionMatches(PyExc_ValueError)) {
             exc = xn_fetch_exception();
-            xn_raise_from_none(d->st->LoadError, "invalid integer data: %S",
-                               exc);
+            xn_raise_from_none(d->st->LoadError, "invalid integer data: %S", exc);
             Py_XDECREF(exc);
         }
         return -1;
@@ -379,21 +376,18 @@ op_string(decoder *d, unsigned char op)
     if (read_sized(d, &data, &n) < 0) {
         return -1;
     }
-    if (op == 'S') {
+    if (op == XN_OP_UNICODE) {
         return push(d, decode_utf8(d, data, n), 0);
     }
-    flag =
-        PyObject_IsTrue(op == 'M' ? d->py2str_as_py3str : d->py3str_as_py2str);
+    flag = PyObject_IsTrue(op == XN_OP_PY2STRING ? d->py2str_as_py3str : d->py3str_as_py2str);
     if (flag < 0) {
         return -1;
     }
-    if (op == 'M') { /* Latin-1 text, or the bytes */
-        value = flag ? PyUnicode_DecodeLatin1(data, n, NULL)
-                     : PyBytes_FromStringAndSize(data, n);
+    if (op == XN_OP_PY2STRING) { /* Latin-1 text, or the bytes */
+        value = flag ? PyUnicode_DecodeLatin1(data, n, NULL) : PyBytes_FromStringAndSize(data, n);
     }
     else { /* N: the UTF-8 bytes, or their text */
-        value =
-            flag ? PyBytes_FromStringAndSize(data, n) : decode_utf8(d, data, n);
+        value = flag ? PyBytes_FromStringAndSize(data, n) : decode_utf8(d, data, n);
     }
     return push(d, value, 0);
 }
@@ -483,8 +477,7 @@ op_setitem(decoder *d)
     depth = (top[0].depth > top[-1].depth ? top[0].depth : top[-1].depth) + 1;
     target = top[-2].obj;
     if (target != NULL && PyDict_CheckExact(target)) {
-        if ((value = entry_object(&top[0])) == NULL ||
-            (key = entry_object(&top[-1])) == NULL) {
+        if ((value = entry_object(&top[0])) == NULL || (key = entry_object(&top[-1])) == NULL) {
             return -1;
         }
         rc = PyDict_SetItem(target, key, value);
@@ -528,8 +521,7 @@ op_setitem(decoder *d)
         return -1;
     }
     if (rc < 0) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError) ||
-            PyErr_ExceptionMatches(PyExc_IndexError)) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_IndexError)) {
             exc = xn_fetch_exception();
             xn_raise_from_none(d->st->LoadError, "bad setitem: %S", exc);
             Py_XDECREF(exc);
@@ -617,7 +609,7 @@ op_set(decoder *d, unsigned char op)
     if (read_count(d, "set", &n, &depth) < 0) {
         return -1;
     }
-    set = op == 'O' ? PySet_New(NULL) : PyFrozenSet_New(NULL);
+    set = op == XN_OP_SET ? PySet_New(NULL) : PyFrozenSet_New(NULL);
     if (set == NULL) {
         return -1;
     }
@@ -654,8 +646,7 @@ op_channel(decoder *d)
     channel_id = xn_get_i32(d->p);
     d->p += 4;
     if (d->owner == NULL) {
-        PyErr_SetString(d->st->LoadError,
-                        "can't load a channel reference without a gateway");
+        PyErr_SetString(d->st->LoadError, "can't load a channel reference without a gateway");
         return -1;
     }
     gateway = PyObject_GetAttr(d->owner, d->st->s_gateway);
@@ -699,51 +690,51 @@ decode(decoder *d)
         }
         op = *d->p++;
         switch (op) {
-        case 'N':
-        case 'M':
-        case 'S':
+        case XN_OP_PY3STRING:
+        case XN_OP_PY2STRING:
+        case XN_OP_UNICODE:
             rc = op_string(d, op);
             break;
-        case 'F':
-        case 'G':
+        case XN_OP_INT:
+        case XN_OP_LONG:
             rc = need(d, 4);
             if (rc == 0) {
                 rc = push_int(d, xn_get_i32(d->p));
                 d->p += 4;
             }
             break;
-        case 'P':
+        case XN_OP_SETITEM:
             rc = op_setitem(d);
             break;
-        case 'J':
+        case XN_OP_NEWDICT:
             rc = op_newdict(d);
             break;
-        case '@':
+        case XN_OP_BUILDTUPLE:
             rc = op_tuple(d);
             break;
-        case 'K':
+        case XN_OP_NEWLIST:
             rc = op_newlist(d);
             break;
-        case 'D':
+        case XN_OP_FLOAT:
             rc = need(d, 8);
             if (rc == 0) {
                 rc = push(d, PyFloat_FromDouble(xn_get_f64(d->p)), 0);
                 d->p += 8;
             }
             break;
-        case 'L':
+        case XN_OP_NONE:
             Py_INCREF(Py_None);
             rc = push(d, Py_None, 0);
             break;
-        case 'R':
+        case XN_OP_TRUE:
             Py_INCREF(Py_True);
             rc = push(d, Py_True, 0);
             break;
-        case 'C':
+        case XN_OP_FALSE:
             Py_INCREF(Py_False);
             rc = push(d, Py_False, 0);
             break;
-        case 'A': {
+        case XN_OP_BYTES: {
             const char *data;
             Py_ssize_t n;
             rc = read_sized(d, &data, &n);
@@ -752,11 +743,11 @@ decode(decoder *d)
             }
             break;
         }
-        case 'H':
-        case 'I':
+        case XN_OP_LONGINT:
+        case XN_OP_LONGLONG:
             rc = op_longint(d);
             break;
-        case 'T':
+        case XN_OP_COMPLEX:
             rc = need(d, 16);
             if (rc == 0) {
                 double real = xn_get_f64(d->p), imag = xn_get_f64(d->p + 8);
@@ -764,17 +755,16 @@ decode(decoder *d)
                 d->p += 16;
             }
             break;
-        case 'O':
-        case 'E':
+        case XN_OP_SET:
+        case XN_OP_FROZENSET:
             rc = op_set(d, op);
             break;
-        case 'B':
+        case XN_OP_CHANNEL:
             rc = op_channel(d);
             break;
-        case 'Q':
+        case XN_OP_STOP:
             if (d->height != 1) {
-                PyErr_SetString(d->st->LoadError,
-                                "internal unserialization error");
+                PyErr_SetString(d->st->LoadError, "internal unserialization error");
                 return NULL;
             }
             result = entry_object(&d->stack[0]);
@@ -785,8 +775,7 @@ decode(decoder *d)
         default:
             opbyte = PyBytes_FromStringAndSize((const char *)&op, 1);
             if (opbyte != NULL) {
-                PyErr_Format(d->st->LoadError,
-                             "unknown opcode %R - wire protocol corruption?",
+                PyErr_Format(d->st->LoadError, "unknown opcode %R - wire protocol corruption?",
                              opbyte);
                 Py_DECREF(opbyte);
             }
@@ -815,10 +804,9 @@ set_strconfig(decoder *d, PyObject *config)
     }
     it = PyObject_GetIter(config);
     if (it == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError) &&
-            Py_TYPE(config)->tp_iter == NULL && !PySequence_Check(config)) {
-            PyErr_Format(PyExc_TypeError,
-                         "cannot unpack non-iterable %.200s object",
+        if (PyErr_ExceptionMatches(PyExc_TypeError) && Py_TYPE(config)->tp_iter == NULL &&
+            !PySequence_Check(config)) {
+            PyErr_Format(PyExc_TypeError, "cannot unpack non-iterable %.200s object",
                          Py_TYPE(config)->tp_name);
         }
         return -1;
@@ -830,13 +818,11 @@ set_strconfig(decoder *d, PyObject *config)
         goto error;
     }
     if (got < 2) {
-        PyErr_Format(PyExc_ValueError,
-                     "not enough values to unpack (expected 2, got %d)", got);
+        PyErr_Format(PyExc_ValueError, "not enough values to unpack (expected 2, got %d)", got);
         goto error;
     }
     if (got > 2) {
-        PyErr_SetString(PyExc_ValueError,
-                        "too many values to unpack (expected 2)");
+        PyErr_SetString(PyExc_ValueError, "too many values to unpack (expected 2)");
         goto error;
     }
     d->py2str_as_py3str = items[0];
@@ -891,16 +877,15 @@ check_version(decoder *d)
  * file-like objects, which the pure code reads as streams.  Arguments as
  * for load(). */
 static PyObject *
-load_stream(xn_state *st, PyObject *data, PyObject *owner,
-            PyObject *const *flags, PyObject *strconfig, int versioned)
+load_stream(xn_state *st, PyObject *data, PyObject *owner, PyObject *const *flags,
+            PyObject *strconfig, int versioned)
 {
     PyObject *cls, *config = NULL, *unserializer = NULL, *result = NULL;
 
     cls = PyDict_GetItemWithError(st->namespace, st->s_Unserializer);
     if (cls == NULL) {
         if (!PyErr_Occurred()) {
-            PyErr_Format(PyExc_NameError, "name '%U' is not defined",
-                         st->s_Unserializer);
+            PyErr_Format(PyExc_NameError, "name '%U' is not defined", st->s_Unserializer);
         }
         return NULL;
     }
@@ -912,14 +897,13 @@ load_stream(xn_state *st, PyObject *data, PyObject *owner,
         }
         strconfig = config;
     }
-    unserializer = PyObject_CallFunctionObjArgs(
-        cls, data, owner != NULL ? owner : Py_None,
-        strconfig != NULL ? strconfig : Py_None, NULL);
+    unserializer = PyObject_CallFunctionObjArgs(cls, data, owner != NULL ? owner : Py_None,
+                                                strconfig != NULL ? strconfig : Py_None, NULL);
     if (unserializer == NULL) {
         goto error;
     }
-    result = PyObject_CallMethodObjArgs(unserializer, st->s_load,
-                                        versioned ? Py_True : Py_False, NULL);
+    result =
+        PyObject_CallMethodObjArgs(unserializer, st->s_load, versioned ? Py_True : Py_False, NULL);
 
 error:
     Py_DECREF(cls);
@@ -971,8 +955,8 @@ choose_strconfig(decoder *d, PyObject *const *flags, PyObject *strconfig)
  * is channel_or_gateway or NULL; the string config comes from flags, else
  * strconfig, else the owner (see choose_strconfig). */
 static PyObject *
-load(xn_state *st, PyObject *data, PyObject *owner, PyObject *const *flags,
-     PyObject *strconfig, int versioned)
+load(xn_state *st, PyObject *data, PyObject *owner, PyObject *const *flags, PyObject *strconfig,
+     int versioned)
 {
     decoder d;
     Py_buffer view;
@@ -991,8 +975,7 @@ load(xn_state *st, PyObject *data, PyObject *owner, PyObject *const *flags,
             PyObject *read = PyObject_GetAttr(data, st->s_read);
             if (read != NULL) {
                 Py_DECREF(read);
-                return load_stream(st, data, owner, flags, strconfig,
-                                   versioned);
+                return load_stream(st, data, owner, flags, strconfig, versioned);
             }
             if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
                 return NULL;
@@ -1000,9 +983,7 @@ load(xn_state *st, PyObject *data, PyObject *owner, PyObject *const *flags,
             PyErr_Clear();
         }
         if (PyUnicode_Check(data)) {
-            PyErr_SetString(
-                PyExc_TypeError,
-                "can't load from str, expected a bytes-like object");
+            PyErr_SetString(PyExc_TypeError, "can't load from str, expected a bytes-like object");
             return NULL;
         }
         if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) == 0) {
@@ -1065,26 +1046,22 @@ xn_load_payload(xn_state *st, const char *data, Py_ssize_t n, PyObject *owner)
     return result;
 }
 
-static const char *const loads_params[] = {"bytestring", "py2str_as_py3str",
-                                           "py3str_as_py2str"};
+static const char *const loads_params[] = {"bytestring", "py2str_as_py3str", "py3str_as_py2str"};
 
-PyDoc_STRVAR(loads_doc,
-             "loads($module, /, bytestring, py2str_as_py3str=False, "
-             "py3str_as_py2str=False)\n"
-             "--\n\n"
-             "Return the value serialized in bytestring by dumps().");
+PyDoc_STRVAR(loads_doc, "loads($module, /, bytestring, py2str_as_py3str=False, "
+                        "py3str_as_py2str=False)\n"
+                        "--\n\n"
+                        "Return the value serialized in bytestring by dumps().");
 
 /* Returns the value of a public dump (new reference), or NULL with an
  * exception set. */
 static PyObject *
-unserializer_loads(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                   PyObject *kwnames)
+unserializer_loads(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     xn_state *st = xn_get_state(module);
     PyObject *argv[3], *flags[2];
 
-    if (xn_parse_args("loads", args, nargs, kwnames, loads_params, 3, 1, argv) <
-        0) {
+    if (xn_parse_args("loads", args, nargs, kwnames, loads_params, 3, 1, argv) < 0) {
         return NULL;
     }
     if (xn_require_installed(st) < 0) {
@@ -1095,27 +1072,25 @@ unserializer_loads(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     return load(st, argv[0], NULL, flags, NULL, 1);
 }
 
-static const char *const loads_internal_params[] = {
-    "data", "channel_or_gateway", "strconfig"};
+static const char *const loads_internal_params[] = {"data", "channel_or_gateway", "strconfig"};
 
-PyDoc_STRVAR(
-    loads_internal_doc,
-    "loads_internal($module, /, data, channel_or_gateway=None, "
-    "strconfig=None)\n"
-    "--\n\n"
-    "Return the value of a message payload (serialized without version).");
+PyDoc_STRVAR(loads_internal_doc,
+             "loads_internal($module, /, data, channel_or_gateway=None, "
+             "strconfig=None)\n"
+             "--\n\n"
+             "Return the value of a message payload (serialized without version).");
 
 /* Returns the value of a message payload (new reference), or NULL with an
  * exception set. */
 static PyObject *
-unserializer_loads_internal(PyObject *module, PyObject *const *args,
-                            Py_ssize_t nargs, PyObject *kwnames)
+unserializer_loads_internal(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
 {
     xn_state *st = xn_get_state(module);
     PyObject *argv[3];
 
-    if (xn_parse_args("loads_internal", args, nargs, kwnames,
-                      loads_internal_params, 3, 1, argv) < 0) {
+    if (xn_parse_args("loads_internal", args, nargs, kwnames, loads_internal_params, 3, 1, argv) <
+        0) {
         return NULL;
     }
     if (xn_require_installed(st) < 0) {
@@ -1126,8 +1101,8 @@ unserializer_loads_internal(PyObject *module, PyObject *const *args,
 }
 
 static PyMethodDef loads_methods[] = {
-    {"loads", (PyCFunction)(void (*)(void))unserializer_loads,
-     METH_FASTCALL | METH_KEYWORDS, loads_doc},
+    {"loads", (PyCFunction)(void (*)(void))unserializer_loads, METH_FASTCALL | METH_KEYWORDS,
+     loads_doc},
     {"loads_internal", (PyCFunction)(void (*)(void))unserializer_loads_internal,
      METH_FASTCALL | METH_KEYWORDS, loads_internal_doc},
     {NULL, NULL, 0, NULL},

@@ -1,5 +1,5 @@
-/* wire.c: byte-level routines of the wire format (WIRE.md), free of Python.
- * Owns the message header layout; the operand helpers are in execnet.h. */
+/* wire.c: byte-level routines of the wire format (doc/protocol.md), free of Python.
+ * Owns the message header layout; the constants are in wire.h, the operand helpers in execnet.h. */
 
 #define XN_WIRE_ONLY
 #include "execnet.h"
@@ -15,8 +15,7 @@ xn_put_header(unsigned char *p, int8_t msgcode, int32_t channel, int32_t length)
 
 /* Reads the message header at p into its three fields (returns nothing). */
 void
-xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel,
-              int32_t *length)
+xn_get_header(const unsigned char *p, int8_t *msgcode, int32_t *channel, int32_t *length)
 {
     *msgcode = (int8_t)(p[0] <= 127 ? p[0] : (int)p[0] - 256);
     *channel = xn_get_i32(p + 1);
@@ -42,26 +41,32 @@ valid_utf8(const unsigned char *p, size_t n)
         }
         else if (c >= 0xE0 && c <= 0xEF) {
             len = 3;
-            if (c == 0xE0)
+            if (c == 0xE0) {
                 lo = 0xA0; /* overlong */
-            else if (c == 0xED)
+            }
+            else if (c == 0xED) {
                 hi = 0x9F; /* surrogates */
+            }
         }
         else if (c >= 0xF0 && c <= 0xF4) {
             len = 4;
-            if (c == 0xF0)
+            if (c == 0xF0) {
                 lo = 0x90; /* overlong */
-            else if (c == 0xF4)
+            }
+            else if (c == 0xF4) {
                 hi = 0x8F; /* above U+10FFFF */
+            }
         }
         else {
             return 0;
         }
-        if (n - i < len || p[i + 1] < lo || p[i + 1] > hi)
+        if (n - i < len || p[i + 1] < lo || p[i + 1] > hi) {
             return 0;
+        }
         for (size_t k = 2; k < len; k++) {
-            if ((p[i + k] & 0xC0) != 0x80)
+            if ((p[i + k] & 0xC0) != 0x80) {
                 return 0;
+            }
         }
         i += len;
     }
@@ -74,8 +79,9 @@ plausible_int_text(const unsigned char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = p[i];
-        if (!((c >= '0' && c <= '9') || c == '-' || c == '+' || c == '_' || c == ' '))
+        if (!((c >= '0' && c <= '9') || c == '-' || c == '+' || c == '_' || c == ' ')) {
             return 0;
+        }
     }
     return n > 0;
 }
@@ -86,8 +92,9 @@ plausible_int_text(const unsigned char *p, size_t n)
 static int
 length_operand(const unsigned char *p, size_t *pos, size_t left, int32_t *v)
 {
-    if (left < 4)
+    if (left < 4) {
         return 0;
+    }
     *v = xn_get_i32(p + *pos);
     *pos += 4;
     return *v >= 0 && (size_t)*v <= left - 4;
@@ -106,53 +113,75 @@ xn_payload_plausible(const unsigned char *p, size_t n)
         size_t left = n - pos;
         int32_t v;
         switch (op) {
-        case 'L': case 'R': case 'C': case 'J':
+        case XN_OP_NONE:
+        case XN_OP_TRUE:
+        case XN_OP_FALSE:
+        case XN_OP_NEWDICT:
             height++;
             break;
-        case 'F': case 'G': case 'B':
-            if (left < 4)
+        case XN_OP_INT:
+        case XN_OP_LONG:
+        case XN_OP_CHANNEL:
+            if (left < 4) {
                 return 0;
+            }
             pos += 4;
             height++;
             break;
-        case 'D':
-        case 'T':
-            if (left < (op == 'D' ? 8u : 16u))
+        case XN_OP_FLOAT:
+        case XN_OP_COMPLEX:
+            if (left < (op == XN_OP_FLOAT ? 8u : 16u)) {
                 return 0;
-            pos += op == 'D' ? 8 : 16;
+            }
+            pos += op == XN_OP_FLOAT ? 8 : 16;
             height++;
             break;
-        case 'A': case 'M': case 'N': case 'S': case 'H': case 'I':
-            if (!length_operand(p, &pos, left, &v))
+        case XN_OP_BYTES:
+        case XN_OP_PY2STRING:
+        case XN_OP_PY3STRING:
+        case XN_OP_UNICODE:
+        case XN_OP_LONGINT:
+        case XN_OP_LONGLONG:
+            if (!length_operand(p, &pos, left, &v)) {
                 return 0;
-            if ((op == 'N' || op == 'S') && !valid_utf8(p + pos, (size_t)v))
+            }
+            if ((op == XN_OP_PY3STRING || op == XN_OP_UNICODE) && !valid_utf8(p + pos, (size_t)v)) {
                 return 0;
-            if ((op == 'H' || op == 'I') && !plausible_int_text(p + pos, (size_t)v))
+            }
+            if ((op == XN_OP_LONGINT || op == XN_OP_LONGLONG) &&
+                !plausible_int_text(p + pos, (size_t)v)) {
                 return 0;
+            }
             pos += (size_t)v;
             height++;
             break;
-        case 'K':
+        case XN_OP_NEWLIST:
             /* a list's size: each item takes a byte at least */
-            if (!length_operand(p, &pos, left, &v))
+            if (!length_operand(p, &pos, left, &v)) {
                 return 0;
+            }
             height++;
             break;
-        case 'P':
-            if (height < 3)
+        case XN_OP_SETITEM:
+            if (height < 3) {
                 return 0;
+            }
             height -= 2;
             break;
-        case '@': case 'O': case 'E':
-            if (left < 4)
+        case XN_OP_BUILDTUPLE:
+        case XN_OP_SET:
+        case XN_OP_FROZENSET:
+            if (left < 4) {
                 return 0;
+            }
             v = xn_get_i32(p + pos);
             pos += 4;
-            if (v < 0 || (size_t)v > height)
+            if (v < 0 || (size_t)v > height) {
                 return 0;
+            }
             height = height - (size_t)v + 1;
             break;
-        case 'Q':
+        case XN_OP_STOP:
             return height == 1;
         default:
             return 0;
