@@ -1497,36 +1497,36 @@ session_dealloc(xn_ssh_session *self)
 
 static PyMethodDef session_methods[] = {
     {"set_hostkey_methods", (PyCFunction)session_set_hostkey_methods, METH_VARARGS,
-     "set_hostkey_methods(prefs)\n--\n\nHost key algorithms to offer, best "
+     "set_hostkey_methods($self, prefs, /)\n--\n\nHost key algorithms to offer, best "
      "first."},
     {"handshake", (PyCFunction)session_handshake, METH_NOARGS,
-     "handshake()\n--\n\nKey exchange with the server (blocking)."},
+     "handshake($self, /)\n--\n\nKey exchange with the server (blocking)."},
     {"check_host_key", (PyCFunction)session_check_host_key, METH_VARARGS,
-     "check_host_key(path, host, port)\n--\n\n"
+     "check_host_key($self, path, host, port, /)\n--\n\n"
      "'match', 'mismatch' or 'notfound' for the server's key."},
     {"host_key_line", (PyCFunction)session_host_key_line, METH_VARARGS,
-     "host_key_line(name)\n--\n\nThe known_hosts line for the server's key."},
+     "host_key_line($self, name, /)\n--\n\nThe known_hosts line for the server's key."},
     {"auth_methods", (PyCFunction)session_auth_methods, METH_VARARGS,
-     "auth_methods(user)\n--\n\nThe server's authentication methods, "
+     "auth_methods($self, user, /)\n--\n\nThe server's authentication methods, "
      "comma-separated."},
     {"auth_agent", (PyCFunction)session_auth_agent, METH_VARARGS,
-     "auth_agent(user, socket_path=None)\n--\n\nNone on success, else why "
+     "auth_agent($self, user, socket_path=None, /)\n--\n\nNone on success, else why "
      "not."},
     {"auth_key_file", (PyCFunction)session_auth_key_file, METH_VARARGS,
-     "auth_key_file(user, path, passphrase=None)\n--\n\n"
+     "auth_key_file($self, user, path, passphrase=None, /)\n--\n\n"
      "None on success, else why not."},
     {"start", (PyCFunction)session_start, METH_NOARGS,
-     "start()\n--\n\nStart the pump thread; the session is non-blocking."},
+     "start($self, /)\n--\n\nStart the pump thread; the session is non-blocking."},
     {"open_channel", (PyCFunction)session_open_channel, METH_VARARGS,
-     "open_channel(command, timeout=None)\n--\n\n"
+     "open_channel($self, command, timeout=None, /)\n--\n\n"
      "Run command; return (id, read_fd, write_fd)."},
     {"close_channel", (PyCFunction)session_close_channel, METH_VARARGS,
-     "close_channel(id)\n--\n\nEnd the channel."},
+     "close_channel($self, id, /)\n--\n\nEnd the channel."},
     {"wait_channel", (PyCFunction)session_wait_channel, METH_VARARGS,
-     "wait_channel(id, timeout=None)\n--\n\n"
+     "wait_channel($self, id, timeout=None, /)\n--\n\n"
      "The exit status once the channel is over; None on timeout."},
     {"close", (PyCFunction)session_close, METH_NOARGS,
-     "close()\n--\n\nEnd all channels and the connection."},
+     "close($self, /)\n--\n\nEnd all channels and the connection."},
     {NULL, NULL, 0, NULL},
 };
 
