@@ -375,6 +375,15 @@ class Receiver:
                 except OSError as exc:
                     self.fail("/".join([*components, name]), exc)
 
+    def remove(self, path, relpath, st):
+        """Remove what is at path; False (the failure reported) if it stays."""
+        try:
+            _remove(path, st)
+        except OSError as exc:
+            self.fail(relpath, exc)
+            return False
+        return True
+
     def file(self, path, components, st, item):
         """Decide about the file the item describes: up to date, copied
         locally, or requested from the sender."""
@@ -382,24 +391,18 @@ class Receiver:
             raise ValueError(f"rsync: bad file item {item!r}")
         mode, mtime, size = item
         relpath = "/".join(components)
+        if mode is None:
+            # the source vanished before the sender could look at it
+            if self.delete and st is not None:
+                self.remove(path, relpath, st)
+            return
         if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             # a hard link to a file elsewhere: writing or chmod-ing it would
             # change the other name too, so it is replaced unless up to date
             if (st.st_size, st.st_mtime) != (size, mtime) or (mode and mode != st.st_mode):
-                try:
-                    _remove(path, st)
-                except OSError as exc:
-                    self.fail(relpath, exc)
+                if not self.remove(path, relpath, st):
                     return
                 st = None
-        if mode is None:
-            # the source vanished before the sender could look at it
-            if self.delete and st is not None:
-                try:
-                    _remove(path, st)
-                except OSError as exc:
-                    self.fail(relpath, exc)
-            return
         checksum = None
         if st is not None and stat.S_ISREG(st.st_mode):
             if st.st_size != size:
@@ -417,12 +420,8 @@ class Receiver:
                 return
             else:
                 return  # up to date
-        elif st is not None:
-            try:
-                _remove(path, st)
-            except OSError as exc:
-                self.fail(relpath, exc)
-                return
+        elif st is not None and not self.remove(path, relpath, st):
+            return
         if checksum is None and self.source is not None:
             # a local copy: start it at once, while the tree is still
             # arriving, and announce it (our master does not answer)

@@ -1204,3 +1204,15 @@ def test_receiver_refuses_a_file_item_of_bad_types(gw1, tmp_path, item):
     error = hostile(gw1, dest, [[0o40755, "f"], item])
     assert error is not None and "bad file item" in error
     assert not dest.exists() or os.listdir(dest) == []
+
+
+def test_receiver_keeps_a_hard_linked_file_whose_source_vanished(gw1, tmp_path):
+    # the sender's item for a file that vanished: without delete=True the
+    # destination's copy stays, hard link or not
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    dest.mkdir()
+    outside.write_bytes(b"kept")
+    os.link(outside, dest / "f")
+    assert hostile(gw1, dest, [[0o40755, "f"], (None, None, None)]) is None
+    assert (dest / "f").read_bytes() == b"kept"
+    assert os.stat(outside).st_nlink == 2
