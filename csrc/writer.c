@@ -352,17 +352,25 @@ xn_writer_send_frame(xn_writer *w, int code, int32_t channelid, const char *payl
     return rc;
 }
 
-void
-xn_writer_close(xn_writer *w)
+/* Called with w->lock held: no more writes; the descriptor is closed now,
+ * or by the thread writing when it is done, and the flusher told to stop. */
+static void
+mark_closed(xn_writer *w)
 {
-    xn_writer_flush(w); /* what was batched goes first */
-    pthread_mutex_lock(&w->lock);
     w->closed = 1;
     if (!w->writing && w->fd >= 0) {
         close(w->fd);
         w->fd = -1;
     }
     stop_flusher(w);
+}
+
+void
+xn_writer_close(xn_writer *w)
+{
+    xn_writer_flush(w); /* what was batched goes first */
+    pthread_mutex_lock(&w->lock);
+    mark_closed(w);
     pthread_mutex_unlock(&w->lock);
 }
 
@@ -372,11 +380,6 @@ xn_writer_release(xn_writer *w)
     pthread_mutex_lock(&w->lock);
     /* what is still batched is dropped, as the connection goes unclosed;
      * a writing flusher closes fd when it is done */
-    w->closed = 1;
-    if (!w->writing && w->fd >= 0) {
-        close(w->fd);
-        w->fd = -1;
-    }
-    stop_flusher(w);
+    mark_closed(w);
     writer_unref_unlock(w);
 }
