@@ -21,7 +21,7 @@ from execnet import gateway_io
 
 pytest_plugins = ["conftest_runtime"]
 
-# --- §1 package surface ------------------------------------------------------
+# --- package surface ------------------------------------------------------
 
 
 def test_all_names():
@@ -121,7 +121,7 @@ def test_portable_core_is_self_contained():
             ), ast.dump(node)
 
 
-# --- §4 message framing --------------------------------------------------------
+# --- message framing --------------------------------------------------------
 
 
 @pytest.mark.parametrize("code", range(8))
@@ -280,7 +280,7 @@ def test_local_close_wakes_waitclose():
     assert ch1.id not in factory._channels
 
 
-# --- §16 exec models -------------------------------------------------------------
+# --- exec models -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["thread", "main_thread_only"])
@@ -388,7 +388,7 @@ def test_main_thread_only_after_failing_task(group):
     assert channel.receive(TIMEOUT) == 7
 
 
-# --- §17 WorkerPool / Reply ------------------------------------------------------
+# --- WorkerPool / Reply ------------------------------------------------------
 
 
 @pytest.fixture(params=["thread", "main_thread_only"])
@@ -484,7 +484,7 @@ def test_pool_primary_runs_task_handed_over_at_shutdown():
     assert reply.get(0) == 5
 
 
-# --- §18 worker IO setup -----------------------------------------------------------
+# --- worker IO setup -----------------------------------------------------------
 
 
 def test_init_popen_io():
@@ -546,7 +546,7 @@ def test_executetask_malformed_task():
     assert not channel._executing
 
 
-# --- §19 tracing -------------------------------------------------------------------
+# --- tracing -------------------------------------------------------------------
 
 
 def test_debug_to_file(group, monkeypatch, tmp_path):

@@ -15,7 +15,7 @@ from execnet import gateway_base
 
 pytest_plugins = ["conftest_runtime"]
 
-# --- §10 data transfer --------------------------------------------------------------
+# --- data transfer --------------------------------------------------------------
 
 
 def test_send_receive(gw):
@@ -234,7 +234,7 @@ def test_reconfigure_unknown_channel_is_harmless(gw):
     assert not channel.isclosed()
 
 
-# --- §11 errors and closing ---------------------------------------------------------
+# --- errors and closing ---------------------------------------------------------
 
 
 def test_remote_error_then_eof(gw):
@@ -352,7 +352,7 @@ def test_waitclose_unused_channel_times_out(gw):
         gw.newchannel().waitclose(0.01)
 
 
-# --- §12 callbacks --------------------------------------------------------------------
+# --- callbacks --------------------------------------------------------------------
 
 SEND_THREE = """
     channel.send(42)
@@ -524,7 +524,7 @@ def test_endmarker_on_killed_worker(gw):
     assert isinstance(channel._getremoteerror(), EOFError)
 
 
-# --- §13 channel files ------------------------------------------------------------------
+# --- channel files ------------------------------------------------------------------
 
 
 def test_makefile_write(gw):

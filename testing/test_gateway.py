@@ -34,7 +34,7 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
-# --- §7 gateway creation --------------------------------------------------------
+# --- gateway creation --------------------------------------------------------
 
 
 @pytest.mark.parametrize("spec", [None, ""])
@@ -196,7 +196,7 @@ def test_unknown_execmodel_gives_dead_gateway(group):
         gw.remote_exec("pass")
 
 
-# --- §8 gateway object ------------------------------------------------------------
+# --- gateway object ------------------------------------------------------------
 
 
 def test_gateway_basics(gw):
@@ -280,7 +280,7 @@ def test_join(gw):
     assert "not-receiving" in repr(gw)
 
 
-# --- §9 remote_exec sources -------------------------------------------------------
+# --- remote_exec sources -------------------------------------------------------
 
 
 def test_remote_namespace(gw):
@@ -445,7 +445,7 @@ def test_remote_stack_inspection(gw):
     assert has_stack and 'File "<remote exec>"' in stack
 
 
-# --- §15 termination and faults ---------------------------------------------------
+# --- termination and faults ---------------------------------------------------
 
 
 def test_terminate_ends_blocked_worker(gw, group):

@@ -24,7 +24,7 @@ BOOTLINE = "import sys;exec(eval(sys.stdin.readline()))"
 REMOTE_BOOT = '-c "import sys;exec(eval(sys.stdin.readline()))"'
 
 
-# --- §5 XSpec ---------------------------------------------------------------
+# --- XSpec ---------------------------------------------------------------
 
 
 class TestParsing:
@@ -266,7 +266,7 @@ class TestIdentity:
         assert spec._samefilesystem() is False
 
 
-# --- §6 Command lines -------------------------------------------------------
+# --- Command lines -------------------------------------------------------
 
 
 def test_bootstrapline():
