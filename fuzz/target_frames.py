@@ -1,6 +1,6 @@
 """Harness: a hostile peer's byte stream into a Connection's reading side.
 
-Each input is written into a pipe read by a C Connection (csrc/io.c), with
+Each input is written into a pipe read by a C Connection (csrc/reader.c), with
 queues for channels 1 and 3 as a gateway has for channels that receive;
 then the pipe is closed. Inputs of even length are read by the IO thread
 alone (this thread waits for the end before it empties the queues); for
