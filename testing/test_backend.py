@@ -189,7 +189,7 @@ def test_portable_core_imports_only_the_standard_library():
     imported.discard("msvcrt")  # on Windows only
     stdlib = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
     outside = []
-    for name in sorted(imported):
+    for name in sorted(imported - set(sys.builtin_module_names)):
         spec = importlib.util.find_spec(name)
         origin = spec.origin if spec is not None else None
         if origin not in ("built-in", "frozen") and not str(origin).startswith(stdlib):
