@@ -50,8 +50,12 @@ def interrupt_when_ready(source: str, cwd) -> tuple[bytes, bytes, int]:
     """Run source in a fresh interpreter started in cwd (not our checkout,
     whose sources would shadow the installed package); once it prints
     "ready", send it SIGINT. Returns its stdout, stderr and exit status."""
+    # Python raises KeyboardInterrupt on SIGINT only if SIGINT was not
+    # ignored when it started, and a CI job run in the background of a
+    # shell inherits it ignored: the child installs the handler itself
+    prologue = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(source)],
+        [sys.executable, "-c", prologue + textwrap.dedent(source)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=cwd,
