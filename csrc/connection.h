@@ -80,6 +80,28 @@
 #include "execnet.h"
 
 /* A growable byte buffer (malloc'd). */
+/* Grows the malloc'ed block *data (capacity *cap, of which used bytes are
+ * taken) by doubling, from first when empty, until need more bytes fit.
+ * Returns 0, or -1 (no memory; the block is left as it was). */
+static inline int
+xn_grow(char **data, Py_ssize_t *cap, Py_ssize_t used, Py_ssize_t need, Py_ssize_t first)
+{
+    if (*cap - used >= need) {
+        return 0;
+    }
+    Py_ssize_t n = *cap ? *cap : first;
+    while (n - used < need) {
+        n *= 2;
+    }
+    char *grown = realloc(*data, (size_t)n);
+    if (grown == NULL) {
+        return -1;
+    }
+    *data = grown;
+    *cap = n;
+    return 0;
+}
+
 typedef struct {
     char *data;
     Py_ssize_t size, capacity;

@@ -610,20 +610,7 @@ make_room(xn_connection *c)
     if (want < READ_CHUNK / 2) {
         want = READ_CHUNK / 2;
     }
-    if (c->rcap - c->rend >= want) {
-        return 0;
-    }
-    Py_ssize_t cap = c->rcap ? c->rcap : READ_CHUNK;
-    while (cap - c->rend < want) {
-        cap *= 2;
-    }
-    char *buf = realloc(c->rbuf, (size_t)cap);
-    if (buf == NULL) {
-        return -1;
-    }
-    c->rbuf = buf;
-    c->rcap = cap;
-    return 0;
+    return xn_grow(&c->rbuf, &c->rcap, c->rend, want, READ_CHUNK);
 }
 
 /* Read once into the buffer (read_lock held, no GIL). Returns 1 if bytes

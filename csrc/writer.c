@@ -25,20 +25,7 @@
 static int
 buffer_reserve(xn_buffer *buf, Py_ssize_t n)
 {
-    if (buf->capacity - buf->size >= n) {
-        return 0;
-    }
-    Py_ssize_t cap = buf->capacity ? buf->capacity : 4096;
-    while (cap - buf->size < n) {
-        cap *= 2;
-    }
-    char *data = realloc(buf->data, (size_t)cap);
-    if (data == NULL) {
-        return -1;
-    }
-    buf->data = data;
-    buf->capacity = cap;
-    return 0;
+    return xn_grow(&buf->data, &buf->capacity, buf->size, n, 4096);
 }
 
 /* Returns 0 having appended data[0..n) to buf, or -1 (no memory). */

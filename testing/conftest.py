@@ -22,23 +22,17 @@ def _c_serializer() -> types.SimpleNamespace:
         from execnet import _native
     except ImportError as e:  # the C backend is part of the package: no skip
         pytest.fail(f"the C extension does not import: {e}")
-    return types.SimpleNamespace(
-        name="c",
-        dumps=_native.dumps,
-        loads=_native.loads,
-        dumps_internal=_native.dumps_internal,
-        loads_internal=_native.loads_internal,
-    )
+    return _serializer_of("c", _native)
 
 
 def _pure_serializer() -> types.SimpleNamespace:
-    return types.SimpleNamespace(
-        name="python",
-        dumps=gateway_base.dumps,
-        loads=gateway_base.loads,
-        dumps_internal=gateway_base.dumps_internal,
-        loads_internal=gateway_base.loads_internal,
-    )
+    return _serializer_of("python", gateway_base)
+
+
+def _serializer_of(name: str, module) -> types.SimpleNamespace:
+    """A core's four serializer functions, as the fixtures hand them out."""
+    functions = ("dumps", "loads", "dumps_internal", "loads_internal")
+    return types.SimpleNamespace(name=name, **{f: getattr(module, f) for f in functions})
 
 
 @pytest.fixture(params=["python", "c"])
