@@ -314,3 +314,68 @@ def test_warnings_with_unserializable_arguments(tmp_path: Path) -> None:
     assert "UserWarning: plain-warning-text" in out
     assert re.search(r"UserWarning: \('odd-warning-text', <object object at 0x\w+>\)", out), out
     assert summary_counts(out) == {"passed": 2, "warnings": 2}, out
+
+
+# A session fixture whose teardown takes 8 s and then leaves a file; the
+# test signals through a FIFO that it runs, so that the master can be
+# interrupted while the worker is busy (what Ctrl-C does to xdist's master:
+# it ends the group while the worker still runs).
+SLOW_TEARDOWN_SUITE = {
+    "conftest.py": """
+        import os, time, pytest
+
+        @pytest.fixture(scope="session", autouse=True)
+        def slow_teardown():
+            yield
+            time.sleep(8)
+            with open(os.environ["TEARDOWN_DONE"], "w") as f:
+                f.write("done")
+    """,
+    "test_busy.py": """
+        import os, time
+
+        def test_busy():
+            with open(os.environ["TEST_RUNNING"], "w") as f:
+                f.write("running")
+            time.sleep(1)
+    """,
+}
+
+
+def run_interrupted(tmp_path: Path, **extra_env: str) -> bool:
+    """Run SLOW_TEARDOWN_SUITE with one worker, interrupt the master while
+    the test runs; True if the session teardown completed."""
+    import select
+    import signal
+
+    write(tmp_path, SLOW_TEARDOWN_SUITE)
+    fifo = tmp_path / "running.fifo"
+    done = tmp_path / "teardown.done"
+    os.mkfifo(fifo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON", "EXECNET_"))}
+    env.update(PYTHONPATH=PACKAGE_PARENT, TEST_RUNNING=str(fifo), TEARDOWN_DONE=str(done))
+    env.update(extra_env)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "xdist", "-n", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        ready, _, _ = select.select([reader], [], [], TIMEOUT)
+        assert ready, "the test did not start"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(reader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"KeyboardInterrupt" in out, out
+    return done.exists()
+
+
+def test_interrupted_session_teardown_is_cut_without_a_grace(tmp_path: Path) -> None:
+    assert not run_interrupted(tmp_path)
+
+
+def test_interrupted_session_teardown_completes_with_a_grace(tmp_path: Path) -> None:
+    assert run_interrupted(tmp_path, EXECNET_TERMINATE_GRACE="20")
