@@ -1880,8 +1880,9 @@ def serve(io, id, grace=None) -> None:
     gateway.serve()
 
 
-def init_popen_io(execmodel) -> Popen2IO:
-    """Take fds 0 and 1 for the protocol; leave the null device in their place."""
+def init_popen_io(execmodel, output_fd=None) -> Popen2IO:
+    """Take fds 0 and 1 for the protocol; leave the null device in their
+    place, or at fd 1 output_fd, the pipe of a master forwarding output."""
     if not hasattr(os, "dup"):
         io = Popen2IO(sys.stdout, sys.stdin, execmodel)
         import tempfile
@@ -1898,7 +1899,11 @@ def init_popen_io(execmodel) -> Popen2IO:
         infile = execmodel.fdopen(os.dup(0), "rb" if binary else "r", -1 if binary else 1)
         os.dup2(devnull, 0)
         outfile = execmodel.fdopen(os.dup(1), "wb" if binary else "w", -1 if binary else 1)
-        os.dup2(devnull, 1)
+        if output_fd is None:
+            os.dup2(devnull, 1)
+        else:
+            os.dup2(output_fd, 1)
+            os.close(output_fd)
         if sys.platform == "win32":
             sys.stderr = execmodel.fdopen(os.dup(2), "w", 1)
             os.dup2(devnull, 2)

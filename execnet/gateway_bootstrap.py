@@ -121,10 +121,12 @@ def terminate_grace(spec):
     return seconds
 
 
-def _serve_line(spec) -> str:
+def _serve_line(spec, io=None) -> str:
     grace = terminate_grace(spec)
     more = "" if grace is None else f", grace={grace!r}"
-    return f"serve(init_popen_io(execmodel), id={spec.id + '-worker'!r}{more})"
+    output_fd = getattr(io, "output_fd", None)
+    io_args = "execmodel" if output_fd is None else f"execmodel, output_fd={output_fd!r}"
+    return f"serve(init_popen_io({io_args}), id={spec.id + '-worker'!r}{more})"
 
 
 def bootstrap_import(io, spec) -> None:
@@ -138,7 +140,7 @@ def bootstrap_import(io, spec) -> None:
         f"    sys.path.insert(0, {importdir!r})",
         "from execnet.backend import serve, init_popen_io, get_execmodel",
         f"execmodel = get_execmodel({spec.execmodel!r})",
-        _serve_line(spec),
+        _serve_line(spec, io),
     )
     _check_ack(io)
 
@@ -186,7 +188,7 @@ def bootstrap_exec(io, spec) -> None:
             *_ACK_CHECKED,
             packed_source("core", portable_core_source),
             f"execmodel = get_execmodel({spec.execmodel!r})",
-            _serve_line(spec),
+            _serve_line(spec, io),
         )
         _check_ack(io, spec)
     except (EOFError, BrokenPipeError):

@@ -9,6 +9,7 @@ import time
 from . import backend
 from . import gateway_base
 from . import gateway_bootstrap
+from . import gateway_output
 from . import gateway_io
 from .backend import get_execmodel
 from .gateway_base import NO_ENDMARKER_WANTED
@@ -129,7 +130,9 @@ class Group:
             raise AssertionError(f"already have gateway with id {spec.id!r}")
         if spec.execmodel is None:
             spec.execmodel = self.remote_execmodel.backend
-        grace = gateway_bootstrap.terminate_grace(spec)  # refused before a process exists
+        # (bad values are refused before a process exists)
+        grace = gateway_bootstrap.terminate_grace(spec)
+        output = gateway_output.output_mode(spec, self.execmodel.backend)
         io: Any
         if spec.via:
             assert not spec.socket
@@ -138,7 +141,7 @@ class Group:
             proxy_channel.send(vars(spec))
             io = gateway_io.ProxyIO(proxy_channel, self.execmodel)
         elif spec.popen or spec.ssh or spec.vagrant_ssh:
-            io = gateway_io.create_io(spec, execmodel=self.execmodel)
+            io = gateway_io.create_io(spec, execmodel=self.execmodel, output=output)
         elif spec.socket:
             from . import gateway_socket
 
@@ -381,6 +384,9 @@ def _end_without_threads(gw, deadline: float) -> None:
     expired = gw.execmodel.subprocess.TimeoutExpired
     try:
         popen.wait(timeout=left())
+        wait_output = getattr(io, "wait_output", None)
+        if wait_output is not None:
+            wait_output(min(left(), gateway_io.OUTPUT_DRAIN_TIMEOUT))
     except expired:
         trace(f"Gateways did not come down after timeout: {gw!r}")
         io.kill()
