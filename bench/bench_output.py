@@ -130,6 +130,7 @@ def main() -> int:
             for f in figures
         ]
         report.write("%-14s" % (mode + "/off") + "".join("%16.3f" % v for v in ratios) + "\n")
+    report.write("(ratios: of times for start and roundtrip, of throughput for bulk)\n")
     sink.seek(0, 2)
     report.write("forwarded output copied: %d bytes\n" % sink.tell())
     return 0

@@ -9,8 +9,8 @@ import time
 from . import backend
 from . import gateway_base
 from . import gateway_bootstrap
-from . import gateway_output
 from . import gateway_io
+from . import gateway_output
 from .backend import get_execmodel
 from .gateway_base import NO_ENDMARKER_WANTED
 from .gateway_base import RemoteError

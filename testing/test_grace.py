@@ -38,6 +38,11 @@ while True:
 """
 
 
+@pytest.fixture(autouse=True)
+def _no_grace_from_outside(monkeypatch):
+    monkeypatch.delenv("EXECNET_TERMINATE_GRACE", raising=False)
+
+
 def _start_slow_teardown(group, spec, path: Path, seconds: float):
     gw = group.makegateway(spec)
     channel = gw.remote_exec(SLOW_TEARDOWN + "teardown(channel, %r, %r)" % (str(path), seconds))

@@ -208,3 +208,19 @@ def test_via_gateway_under_the_environment_variable(group, capfd, monkeypatch) -
     group.terminate(timeout=10)
     out, _ = capfd.readouterr()
     assert "inner-text" not in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd")
+def test_output_pipes_are_closed_when_the_workers_end(group, capfd) -> None:
+    import os
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    run_writes(group, "popen//output=forward")  # the forwarding thread exists now
+    before = open_fds()
+    for _ in range(5):
+        run_writes(group, "popen//output=forward")
+    assert open_fds() == before
+    out, _ = capfd.readouterr()
+    assert out.count("print-text\n") == 6
