@@ -359,8 +359,12 @@ class NativeWorkerGateway(NativeBaseGateway, base.WorkerGateway):
     """The serving end of a connection, on the C core."""
 
 
-def serve(io, id) -> None:
-    """Be the worker end of the connection io until it ends."""
+def serve(io, id, grace=None) -> None:
+    """Be the worker end of the connection io until it ends (grace: as the
+    portable core's serve())."""
     base.trace(f"creating workergateway on {io!r}")
-    NativeWorkerGateway(io, id, _startcount=2).serve()
+    gateway = NativeWorkerGateway(io, id, _startcount=2)
+    if grace is not None:
+        gateway._grace = float(grace)
+    gateway.serve()
 

@@ -26,6 +26,10 @@ else:
 class Gateway(_ChosenBaseGateway):
     """A connection to one remote interpreter (made by makegateway)."""
 
+    # the seconds of grace its worker was given beyond the default (grace=,
+    # EXECNET_TERMINATE_GRACE); Group.terminate() adds them to its timeout
+    _terminate_grace = 0.0
+
     def __init__(self, io: Any, spec: XSpec) -> None:
         super().__init__(io=io, id=spec.id, _startcount=1)
         self.spec = spec

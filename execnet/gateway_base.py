@@ -1758,8 +1758,17 @@ def _compile_task(source: str, filename) -> CodeType:
     return code
 
 
+# Seconds a worker told to end gives its running tasks before it interrupts
+# them (SIGINT), unless the master set another grace; and seconds it gives
+# the interrupted tasks before it exits hard (os._exit).
+DEFAULT_TERMINATE_GRACE = 5.0
+INTERRUPTED_GRACE = 10.0
+
+
 class WorkerGateway(BaseGateway):
     """The serving end of a connection: it runs remote_exec tasks."""
+
+    _grace = DEFAULT_TERMINATE_GRACE
 
     def __init__(self, io, id, _startcount: int = 2) -> None:
         super().__init__(io, id, _startcount)
@@ -1782,11 +1791,12 @@ class WorkerGateway(BaseGateway):
             channel.close("execution refused: the gateway is shutting down")
 
     def _terminate_execution(self) -> None:
+        grace = self._grace
         self._trace("shutting down execution pool")
         self._execpool.trigger_shutdown()
-        if self._execpool.waitall(5.0):
+        if self._execpool.waitall(grace):
             return
-        self._trace("execution ongoing after 5 secs, trying interrupt_main")
+        self._trace(f"execution ongoing after {grace} secs, trying interrupt_main")
         if sys.platform != "win32":
             import signal
 
@@ -1795,8 +1805,8 @@ class WorkerGateway(BaseGateway):
         else:
             self._trace("calling interrupt_main()")
             _thread.interrupt_main()
-        if not self._execpool.waitall(10.0):
-            self._trace("execution did not finish in another 10 secs, calling os._exit()")
+        if not self._execpool.waitall(INTERRUPTED_GRACE):
+            self._trace("interrupted execution did not finish, calling os._exit()")
             os._exit(1)
 
     def executetask(self, item) -> None:
@@ -1859,14 +1869,20 @@ class WorkerGateway(BaseGateway):
             self._trace("swallowing keyboardinterrupt, serve finished")
 
 
-def serve(io, id) -> None:
-    """Be the worker end of the connection io until it ends."""
+def serve(io, id, grace=None) -> None:
+    """Be the worker end of the connection io until it ends; grace: the
+    seconds running tasks get at the end before they are interrupted
+    (None: DEFAULT_TERMINATE_GRACE)."""
     trace(f"creating workergateway on {io!r}")
-    WorkerGateway(io, id, _startcount=2).serve()
+    gateway = WorkerGateway(io, id, _startcount=2)
+    if grace is not None:
+        gateway._grace = float(grace)
+    gateway.serve()
 
 
-def init_popen_io(execmodel) -> Popen2IO:
-    """Take fds 0 and 1 for the protocol; leave the null device in their place."""
+def init_popen_io(execmodel, output_fd=None) -> Popen2IO:
+    """Take fds 0 and 1 for the protocol; leave the null device in their
+    place, or at fd 1 output_fd, the pipe of a master forwarding output."""
     if not hasattr(os, "dup"):
         io = Popen2IO(sys.stdout, sys.stdin, execmodel)
         import tempfile
@@ -1883,7 +1899,11 @@ def init_popen_io(execmodel) -> Popen2IO:
         infile = execmodel.fdopen(os.dup(0), "rb" if binary else "r", -1 if binary else 1)
         os.dup2(devnull, 0)
         outfile = execmodel.fdopen(os.dup(1), "wb" if binary else "w", -1 if binary else 1)
-        os.dup2(devnull, 1)
+        if output_fd is None:
+            os.dup2(devnull, 1)
+        else:
+            os.dup2(output_fd, 1)
+            os.close(output_fd)
         if sys.platform == "win32":
             sys.stderr = execmodel.fdopen(os.dup(2), "w", 1)
             os.dup2(devnull, 2)

@@ -4,6 +4,7 @@ doc/protocol.md)."""
 from __future__ import annotations
 
 import binascii
+import math
 import os
 import zlib
 
@@ -95,6 +96,39 @@ _ACK_CHECKED = (
 )
 
 
+GRACE_ENV = "EXECNET_TERMINATE_GRACE"
+
+
+def terminate_grace(spec):
+    """The grace spec's worker gives its running tasks when it is told to
+    end: seconds (a float) from the spec's ``grace=`` or else the
+    environment's EXECNET_TERMINATE_GRACE, or None for the default of the
+    worker (DEFAULT_TERMINATE_GRACE).  A value that is not a finite,
+    non-negative number raises ValueError."""
+    value = spec.grace
+    where = "grace="
+    if value is None:
+        value = os.environ.get(GRACE_ENV) or None
+        where = GRACE_ENV + "="
+        if value is None:
+            return None
+    try:
+        seconds = float(value) if isinstance(value, str) else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not (0.0 <= seconds < math.inf):
+        raise ValueError(f"{where}{value!r}: the grace must be a number of seconds, 0 or more")
+    return seconds
+
+
+def _serve_line(spec, io=None) -> str:
+    grace = terminate_grace(spec)
+    more = "" if grace is None else f", grace={grace!r}"
+    output_fd = getattr(io, "output_fd", None)
+    io_args = "execmodel" if output_fd is None else f"execmodel, output_fd={output_fd!r}"
+    return f"serve(init_popen_io({io_args}), id={spec.id + '-worker'!r}{more})"
+
+
 def bootstrap_import(io, spec) -> None:
     """The child is our own interpreter: let it import the package."""
     sendexec(
@@ -106,7 +140,7 @@ def bootstrap_import(io, spec) -> None:
         f"    sys.path.insert(0, {importdir!r})",
         "from execnet.backend import serve, init_popen_io, get_execmodel",
         f"execmodel = get_execmodel({spec.execmodel!r})",
-        f"serve(init_popen_io(execmodel), id={spec.id + '-worker'!r})",
+        _serve_line(spec, io),
     )
     _check_ack(io)
 
@@ -154,7 +188,7 @@ def bootstrap_exec(io, spec) -> None:
             *_ACK_CHECKED,
             packed_source("core", portable_core_source),
             f"execmodel = get_execmodel({spec.execmodel!r})",
-            f"serve(init_popen_io(execmodel), id={spec.id + '-worker'!r})",
+            _serve_line(spec, io),
         )
         _check_ack(io, spec)
     except (EOFError, BrokenPipeError):
@@ -219,13 +253,18 @@ _SOCKET_WORKER = (
     "class SocketWorkerGateway(WorkerGateway):",
     "    def _terminate_execution(self):",
     "        self._execpool.trigger_shutdown()",
-    "        if not self._execpool.waitall(5.0):",
-    "            self._trace('execution ongoing after 5 secs, left running')",
+    "        if not self._execpool.waitall(self._grace):",
+    "            self._trace('execution ongoing after the grace, left running')",
 )
 
 
 def _socket_worker_source() -> str:
     return portable_core_source() + "\n" + "\n".join(_SOCKET_WORKER)
+
+
+def _socket_grace_line(spec) -> tuple[str, ...]:
+    grace = terminate_grace(spec)
+    return () if grace is None else (f"gateway._grace = {grace!r}",)
 
 
 def bootstrap_socket(io, spec) -> None:
@@ -235,7 +274,9 @@ def bootstrap_socket(io, spec) -> None:
         packed_source("socket", _socket_worker_source),
         "io = SocketIO(clientsock, execmodel)",
         "io.write(b'1')",
-        f"SocketWorkerGateway(io, {str(spec) + '-worker'!r}, _startcount=2).serve()",
+        f"gateway = SocketWorkerGateway(io, {str(spec) + '-worker'!r}, _startcount=2)",
+        *_socket_grace_line(spec),
+        "gateway.serve()",
     )
     sock = getattr(io, "sock", None)
     if sock is not None:

@@ -110,22 +110,67 @@ RIO_REMOTEADDRESS = 3
 RIO_CLOSE_WRITE = 4
 
 
+# seconds wait() gives the forwarded output of an ended child to arrive
+OUTPUT_DRAIN_TIMEOUT = 2.0
+
+
 class Popen2IOMaster(Popen2IO):
     """The pipes to a child process running the worker."""
 
     remoteaddress: str  # set for ssh= and vagrant_ssh= children
 
-    def __init__(self, args, execmodel):
+    # the child's descriptor for the forwarded fd 1 (init_popen_io's
+    # output_fd), or None: its fd 1 goes to the null device
+    output_fd = None
+    _output_done = None  # set when the forwarded output has all been copied
+
+    def __init__(self, args, execmodel, output=None, prefix=""):
         PIPE = execmodel.subprocess.PIPE
-        self.popen = execmodel.subprocess.Popen(args, stdout=PIPE, stdin=PIPE)
+        if output is None:
+            self.popen = execmodel.subprocess.Popen(args, stdout=PIPE, stdin=PIPE)
+        else:
+            self._start_forwarding(args, execmodel, prefix)
         super().__init__(self.popen.stdin, self.popen.stdout, execmodel=execmodel)
+
+    def _start_forwarding(self, args, execmodel, prefix):
+        # The child's fd 2 is one pipe, and another one is passed on for
+        # its fd 1 (the worker moves it there once it has taken fd 1 for
+        # the channel); one thread of the master copies both.
+        import os
+
+        from execnet import gateway_output
+
+        PIPE = execmodel.subprocess.PIPE
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self.popen = execmodel.subprocess.Popen(
+                args, stdout=PIPE, stdin=PIPE, stderr=err_w, pass_fds=(out_w,)
+            )
+        except BaseException:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise
+        os.close(err_w)
+        os.close(out_w)  # the child's copy has the same number
+        self.output_fd = out_w
+        self._output_done = gateway_output.forward(out_r, err_r, prefix)
+
+    def wait_output(self, timeout):
+        """Wait (at most timeout seconds) until the child's forwarded output
+        has been copied, i.e. every process holding its pipes ended."""
+        if self._output_done is not None:
+            self._output_done.wait(timeout)
 
     def wait(self):
         """Wait for the child process to end; its exit status, or None."""
         try:
-            return self.popen.wait()
+            status = self.popen.wait()
         except OSError:
             return None
+        # a grandchild may hold the output pipes: it is not waited for
+        self.wait_output(OUTPUT_DRAIN_TIMEOUT)
+        return status
 
     def kill(self):
         """Kill the child process (an error is only reported on stderr)."""
@@ -146,10 +191,12 @@ def _native_ssh():
     return gateway_ssh
 
 
-def create_io(spec, execmodel):
-    """Start the process for a popen, ssh or vagrant_ssh spec."""
+def create_io(spec, execmodel, output=None):
+    """Start the process for a popen, ssh or vagrant_ssh spec; output:
+    None, or for popen how its output is forwarded ("forward", "prefix")."""
     if spec.popen:
-        return Popen2IOMaster(popen_args(spec), execmodel)
+        prefix = "[%s] " % (spec.id,) if output == "prefix" else ""
+        return Popen2IOMaster(popen_args(spec), execmodel, output=output, prefix=prefix)
     if spec.ssh:
         native = _native_ssh()
         if native is not None:

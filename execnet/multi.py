@@ -10,6 +10,7 @@ from . import backend
 from . import gateway_base
 from . import gateway_bootstrap
 from . import gateway_io
+from . import gateway_output
 from .backend import get_execmodel
 from .gateway_base import NO_ENDMARKER_WANTED
 from .gateway_base import RemoteError
@@ -129,6 +130,9 @@ class Group:
             raise AssertionError(f"already have gateway with id {spec.id!r}")
         if spec.execmodel is None:
             spec.execmodel = self.remote_execmodel.backend
+        # (bad values are refused before a process exists)
+        grace = gateway_bootstrap.terminate_grace(spec)
+        output = gateway_output.output_mode(spec, self.execmodel.backend)
         io: Any
         if spec.via:
             assert not spec.socket
@@ -137,7 +141,7 @@ class Group:
             proxy_channel.send(vars(spec))
             io = gateway_io.ProxyIO(proxy_channel, self.execmodel)
         elif spec.popen or spec.ssh or spec.vagrant_ssh:
-            io = gateway_io.create_io(spec, execmodel=self.execmodel)
+            io = gateway_io.create_io(spec, execmodel=self.execmodel, output=output)
         elif spec.socket:
             from . import gateway_socket
 
@@ -146,6 +150,7 @@ class Group:
             raise ValueError(f"no gateway type found for {spec._spec!r}")
         gw = gateway_bootstrap.bootstrap(io, spec)
         gw.spec = spec
+        gw._terminate_grace = grace or 0.0
         self._register(gw)
         if spec.chdir or spec.nice or spec.env:
             channel = gw.remote_exec(_REMOTE_SETUP)
@@ -193,7 +198,8 @@ class Group:
         one after the other; a process still there at its end is killed."""
         while self._gateways or self._gateways_to_join:
             self._exit_gateways()
-            deadline = time.monotonic() + timeout
+            grace = max((_grace_of(gw) for gw in self._gateways_to_join), default=0.0)
+            deadline = time.monotonic() + timeout + grace
             for gw in self._gateways_to_join:
                 _end_without_threads(gw, deadline)
             self._gateways_to_join[:] = []
@@ -201,7 +207,9 @@ class Group:
     def terminate(self, timeout: float | None = None) -> None:
         """End every gateway of the group: ask each to exit, wait for its
         receiver and process, and kill the processes still there after
-        ``timeout`` seconds (``None``: wait as long as it takes)."""
+        ``timeout`` seconds (``None``: wait as long as it takes).  A gateway
+        made with a grace (``grace=`` or EXECNET_TERMINATE_GRACE) gets its
+        grace on top of ``timeout``."""
 
         def join_and_wait(gw):
             gw.join()
@@ -214,7 +222,11 @@ class Group:
         while True:
             self._exit_gateways()
             pairs = [
-                (lambda gw=gw: join_and_wait(gw), lambda gw=gw: kill(gw))
+                (
+                    lambda gw=gw: join_and_wait(gw),
+                    lambda gw=gw: kill(gw),
+                    None if timeout is None else timeout + _grace_of(gw),
+                )
                 for gw in self._gateways_to_join
             ]
             safe_terminate(self.execmodel, timeout, pairs)
@@ -346,6 +358,11 @@ def backend_info(execmodel: str | ExecModel | None = None) -> BackendInfo:
     return BackendInfo("c", "")
 
 
+def _grace_of(gw) -> float:
+    """The grace (seconds) gw was made with, 0.0 for the worker's default."""
+    return getattr(gw, "_terminate_grace", 0.0)
+
+
 def _end_without_threads(gw, deadline: float) -> None:
     """Wait for gw's receiver and process until deadline, kill the process
     if it is still there; in the calling thread only."""
@@ -367,6 +384,9 @@ def _end_without_threads(gw, deadline: float) -> None:
     expired = gw.execmodel.subprocess.TimeoutExpired
     try:
         popen.wait(timeout=left())
+        wait_output = getattr(io, "wait_output", None)
+        if wait_output is not None:
+            wait_output(min(left(), gateway_io.OUTPUT_DRAIN_TIMEOUT))
     except expired:
         trace(f"Gateways did not come down after timeout: {gw!r}")
         io.kill()
@@ -379,20 +399,26 @@ def _end_without_threads(gw, deadline: float) -> None:
 def safe_terminate(execmodel, timeout, list_of_paired_functions) -> None:
     """Run each (term, kill) pair concurrently: kill if term overruns timeout.
 
-    All waits are bounded by twice the timeout, so a hanging kill cannot
-    block the caller.  An exception raised by a pair is raised again.
+    A pair may be a triple (term, kill, its own timeout).  All waits are
+    bounded by twice the longest timeout, so a hanging kill cannot block
+    the caller.  An exception raised by a pair is raised again.
     """
     pool = WorkerPool(execmodel)
-    bound = None if timeout is None else 2 * timeout
+    items = [(t[0], t[1], t[2] if len(t) > 2 else timeout) for t in list_of_paired_functions]
+    timeouts = [item[2] for item in items]
+    if timeout is None or None in timeouts:
+        bound = None
+    else:
+        bound = 2 * max(timeouts, default=timeout)
 
-    def term_or_kill(term, kill):
+    def term_or_kill(term, kill, own_timeout):
         reply = pool.spawn(term)
         try:
-            reply.get(timeout=timeout)
+            reply.get(timeout=own_timeout)
         except OSError:
             kill()
 
-    replies = [pool.spawn(term_or_kill, term, kill) for term, kill in list_of_paired_functions]
+    replies = [pool.spawn(term_or_kill, *item) for item in items]
     for reply in replies:
         try:
             reply.get(timeout=bound)

@@ -314,3 +314,132 @@ def test_warnings_with_unserializable_arguments(tmp_path: Path) -> None:
     assert "UserWarning: plain-warning-text" in out
     assert re.search(r"UserWarning: \('odd-warning-text', <object object at 0x\w+>\)", out), out
     assert summary_counts(out) == {"passed": 2, "warnings": 2}, out
+
+
+# A session fixture whose teardown takes 8 s and then leaves a file; the
+# test signals through a FIFO that it runs, so that the master can be
+# interrupted while the worker is busy (what Ctrl-C does to xdist's master:
+# it ends the group while the worker still runs).
+SLOW_TEARDOWN_SUITE = {
+    "conftest.py": """
+        import os, time, pytest
+
+        @pytest.fixture(scope="session", autouse=True)
+        def slow_teardown():
+            yield
+            time.sleep(8)
+            with open(os.environ["TEARDOWN_DONE"], "w") as f:
+                f.write("done")
+    """,
+    "test_busy.py": """
+        import os, time
+
+        def test_busy():
+            with open(os.environ["TEST_RUNNING"], "w") as f:
+                f.write("running")
+            time.sleep(1)
+    """,
+}
+
+
+def run_interrupted(tmp_path: Path, **extra_env: str) -> bool:
+    """Run SLOW_TEARDOWN_SUITE with one worker, interrupt the master while
+    the test runs; True if the session teardown completed."""
+    import select
+    import signal
+
+    write(tmp_path, SLOW_TEARDOWN_SUITE)
+    fifo = tmp_path / "running.fifo"
+    done = tmp_path / "teardown.done"
+    os.mkfifo(fifo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON", "EXECNET_"))}
+    env.update(PYTHONPATH=PACKAGE_PARENT, TEST_RUNNING=str(fifo), TEARDOWN_DONE=str(done))
+    env.update(extra_env)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "xdist", "-n", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        ready, _, _ = select.select([reader], [], [], TIMEOUT)
+        assert ready, "the test did not start"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(reader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"KeyboardInterrupt" in out, out
+    return done.exists()
+
+
+def test_interrupted_session_teardown_is_cut_without_a_grace(tmp_path: Path) -> None:
+    assert not run_interrupted(tmp_path)
+
+
+def test_interrupted_session_teardown_completes_with_a_grace(tmp_path: Path) -> None:
+    assert run_interrupted(tmp_path, EXECNET_TERMINATE_GRACE="20")
+
+
+PRINTS_SUITE = {
+    "test_prints.py": """
+        import os, sys
+        import pytest
+
+        @pytest.mark.parametrize("i", range(20))
+        def test_print(i):
+            print("print-line-%d-" % i + "z" * 200)
+            sys.stderr.write("stderr-line-%d\\n" % i)
+            os.write(1, b"fd1-line-%d\\n" % i)
+
+        def test_fails():
+            print("print-of-failing-test")
+            assert 0
+    """,
+}
+
+
+def run_with_env(cwd: Path, env_extra: dict, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON", "EXECNET_"))}
+    env["PYTHONPATH"] = PACKAGE_PARENT
+    env.update(env_extra)
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "xdist", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def test_forwarded_prints_under_s_appear_once_and_whole(tmp_path: Path) -> None:
+    write(tmp_path, PRINTS_SUITE)
+    proc = run_with_env(tmp_path, {"EXECNET_FORWARD_OUTPUT": "1"}, "-s", "-n", "2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out, err = proc.stdout, proc.stderr
+    # (a forwarded line may continue the master's own unfinished line, the
+    # progress dots; it is never cut, and no other bytes come inside it)
+    for i in range(20):
+        assert out.count("print-line-%d-" % i) == 1, out
+        assert out.count("print-line-%d-" % i + "z" * 200 + "\n") == 1, out
+        assert out.count("fd1-line-%d\n" % i) == 1, out
+        assert err.count("stderr-line-%d\n" % i) == 1, err
+    assert out.count("print-of-failing-test\n") == 1
+    assert summary_counts(proc.stdout) == {"passed": 20, "failed": 1}
+
+
+def test_forwarding_leaves_pytest_capture_alone(tmp_path: Path) -> None:
+    # without -s, the workers' pytest captures the prints: the failing
+    # test's print is in its report, nothing reaches the output raw
+    write(tmp_path, PRINTS_SUITE)
+    proc = run_with_env(tmp_path, {"EXECNET_FORWARD_OUTPUT": "prefix"}, "-n", "2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    both = proc.stdout + proc.stderr
+    assert "print-line-" not in both and "fd1-line-" not in both and "stderr-line" not in both
+    assert "Captured stdout call" in proc.stdout
+    assert proc.stdout.splitlines().count("print-of-failing-test") == 1
+    assert summary_counts(proc.stdout) == {"passed": 20, "failed": 1}
+
+
+def test_without_forwarding_prints_under_s_are_lost(tmp_path: Path) -> None:
+    write(tmp_path, PRINTS_SUITE)
+    proc = run_with_env(tmp_path, {}, "-s", "-n", "2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "print-line-" not in proc.stdout + proc.stderr
+    assert "fd1-line-" not in proc.stdout + proc.stderr
