@@ -110,8 +110,14 @@ def main() -> int:
     os.environ.pop("EXECNET_FORWARD_OUTPUT", None)
 
     report.write(
-        "execnet %s, %s core, Python %s, %d rounds\n"
-        % (execnet.__version__, execnet.backend_info().backend, sys.version.split()[0], args.rounds)
+        "execnet %s from %s, %s core, Python %s, %d rounds\n"
+        % (
+            execnet.__version__,
+            os.path.dirname(execnet.__file__),
+            execnet.backend_info().backend,
+            sys.version.split()[0],
+            args.rounds,
+        )
     )
     modes = list(MODES)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
