@@ -408,6 +408,30 @@ def run_with_env(cwd: Path, env_extra: dict, *args: str) -> subprocess.Completed
                           timeout=TIMEOUT)
 
 
+def test_session_teardown_after_x_completes_with_a_grace(tmp_path: Path) -> None:
+    # -x with the grace raised: the failing test stops the session, the
+    # 8 s session teardown still runs to its end and writes its file, and
+    # the session ends as interrupted (exit status 2: pytest-xdist reports
+    # a stop after -x that way)
+    write(tmp_path, {
+        "conftest.py": SLOW_TEARDOWN_SUITE["conftest.py"],
+        "test_stop.py": """
+            def test_fails():
+                assert 0
+
+            def test_passes():
+                pass
+        """,
+    })
+    done = tmp_path / "teardown.done"
+    proc = run_with_env(
+        tmp_path, {"EXECNET_TERMINATE_GRACE": "20", "TEARDOWN_DONE": str(done)}, "-x", "-n", "1"
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "stopping after 1 failures" in proc.stdout, proc.stdout
+    assert done.read_text() == "done"
+
+
 def test_forwarded_prints_under_s_appear_once_and_whole(tmp_path: Path) -> None:
     write(tmp_path, PRINTS_SUITE)
     proc = run_with_env(tmp_path, {"EXECNET_FORWARD_OUTPUT": "1"}, "-s", "-n", "2")
