@@ -191,11 +191,16 @@ def _native_ssh():
     return gateway_ssh
 
 
+def output_prefix(spec, output):
+    """What each forwarded line of spec's worker begins with."""
+    return "[%s] " % (spec.id,) if output == "prefix" else ""
+
+
 def create_io(spec, execmodel, output=None):
     """Start the process for a popen, ssh or vagrant_ssh spec; output:
     None, or for popen how its output is forwarded ("forward", "prefix")."""
     if spec.popen:
-        prefix = "[%s] " % (spec.id,) if output == "prefix" else ""
+        prefix = output_prefix(spec, output)
         return Popen2IOMaster(popen_args(spec), execmodel, output=output, prefix=prefix)
     if spec.ssh:
         native = _native_ssh()

@@ -9,6 +9,7 @@ import time
 from . import backend
 from . import gateway_base
 from . import gateway_bootstrap
+from . import gateway_fork
 from . import gateway_io
 from . import gateway_output
 from .backend import get_execmodel
@@ -58,6 +59,9 @@ class Group:
         self._autoidcounter = 0
         self._autoidlock = threading.Lock()
         self._gateways_to_join: list[Gateway] = []
+        # fork templates by preload list (gateway_fork), made on first use
+        self._fork_templates: dict[tuple[str, ...], gateway_fork.Template] = {}
+        self._fork_lock = threading.Lock()
         self.set_execmodel(execmodel)
         for xspec in xspecs:
             self.makegateway(xspec)
@@ -133,7 +137,8 @@ class Group:
         # (bad values are refused before a process exists)
         grace = gateway_bootstrap.terminate_grace(spec)
         output = gateway_output.output_mode(spec, self.execmodel.backend)
-        io: Any
+        preload = gateway_fork.fork_request(spec)
+        io: Any = None
         if spec.via:
             assert not spec.socket
             master = self[spec.via]
@@ -141,7 +146,10 @@ class Group:
             proxy_channel.send(vars(spec))
             io = gateway_io.ProxyIO(proxy_channel, self.execmodel)
         elif spec.popen or spec.ssh or spec.vagrant_ssh:
-            io = gateway_io.create_io(spec, execmodel=self.execmodel, output=output)
+            if preload is not None:
+                io = self._forked_io(spec, preload, output)
+            if io is None:
+                io = gateway_io.create_io(spec, execmodel=self.execmodel, output=output)
         elif spec.socket:
             from . import gateway_socket
 
@@ -158,6 +166,37 @@ class Group:
             channel.send((spec.chdir, nice, spec.env))
             channel.waitclose()
         return gw
+
+    def _forked_io(self, spec: XSpec, preload: tuple[str, ...], output: str | None) -> Any:
+        """The IO of a worker forked from the group's template for preload,
+        or None (after saying why, once) to start it the usual way."""
+        reason = gateway_fork.cannot_fork(spec, self.execmodel.backend)
+        if reason:
+            gateway_fork.say_once(f"popen gateways are not forked: {reason}")
+            return None
+        try:
+            with self._fork_lock:
+                template = self._fork_templates.get(preload)
+                if template is None or template.gone.is_set():
+                    template = gateway_fork.Template(preload)
+                    self._fork_templates[preload] = template
+                    for name, error in template.failed_preloads:
+                        gateway_fork.say_once(
+                            f"the fork template could not import {name} ({error});"
+                            " its workers import it themselves"
+                        )
+            prefix = gateway_io.output_prefix(spec, output)
+            return gateway_fork.ForkedIO.create(template, spec, self.execmodel, output, prefix)
+        except (OSError, gateway_fork.TemplateError) as exc:
+            gateway_fork.say_once(f"popen gateways are not forked: {exc}")
+            return None
+
+    def _end_fork_templates(self) -> None:
+        with self._fork_lock:
+            templates = list(self._fork_templates.values())
+            self._fork_templates.clear()
+        for template in templates:
+            template.close()
 
     def allocate_id(self, spec: XSpec) -> None:
         """Give spec an id ("gw<N>") unless it has one."""
@@ -203,6 +242,7 @@ class Group:
             for gw in self._gateways_to_join:
                 _end_without_threads(gw, deadline)
             self._gateways_to_join[:] = []
+        self._end_fork_templates()
 
     def terminate(self, timeout: float | None = None) -> None:
         """End every gateway of the group: ask each to exit, wait for its
@@ -233,6 +273,7 @@ class Group:
             self._gateways_to_join[:] = []
             if not self._gateways:
                 break
+        self._end_fork_templates()
 
     def remote_exec(
         self, source: str | types.ModuleType | Callable[..., object], **kwargs: object

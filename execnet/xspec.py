@@ -32,12 +32,14 @@ class XSpec:
     chdir: str | None = None
     dont_write_bytecode: bool | None = None
     execmodel: str | None = None
+    fork: bool | str | None = None
     grace: str | None = None
     id: str | None = None
     installvia: str | None = None
     nice: str | None = None
     output: str | None = None
     popen: bool | None = None
+    preload: str | None = None
     python: str | None = None
     secret_file: str | None = None
     socket: str | None = None
