@@ -30,6 +30,10 @@ import signal
 import socket
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 ENV = "EXECNET_FORK"
 PRELOAD_ENV = "EXECNET_FORK_PRELOAD"
 
@@ -148,7 +152,7 @@ class ForkedProcess:
         while not self._ended.is_set():
             left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
             if left <= 0:
-                raise subprocess.TimeoutExpired(["forked worker", str(self.pid)], timeout)
+                raise subprocess.TimeoutExpired(["forked worker", str(self.pid)], timeout or 0.0)
             if self._template.gone.is_set():
                 # an orphan now: init reaps it, and its status is lost
                 try:
@@ -200,7 +204,7 @@ class Template:
         self.gone = threading.Event()
         self._gone_cond = threading.Condition()
         self._lock = threading.Lock()  # one fork request at a time
-        self._replies: list = []
+        self._replies: list[tuple[Any, ...]] = []
         self._processes: dict[int, ForkedProcess] = {}
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = theirs.fileno()
@@ -224,10 +228,22 @@ class Template:
             raise
         finally:
             theirs.close()
-        self._reader = threading.Thread(
-            target=self._read_replies, name="execnet-fork-template", daemon=True
-        )
-        self._reader.start()
+        self._reader: threading.Thread | None = None
+        self.failed_preloads: list[tuple[str, str]] | None = None
+
+    def wait_ready(self) -> None:
+        """Wait until the template has imported its preload modules (it
+        starts doing so at once; a thread reads its replies from the first
+        call on).  TemplateError if it does not get there."""
+        import threading
+
+        if self.failed_preloads is not None:
+            return
+        if self._reader is None:
+            self._reader = threading.Thread(
+                target=self._read_replies, name="execnet-fork-template", daemon=True
+            )
+            self._reader.start()
         reply = self._reply(READY_TIMEOUT)
         if reply[0] != "ready":
             self.close()
@@ -290,7 +306,8 @@ class Template:
             reply = self._reply(REQUEST_TIMEOUT)
         if reply[0] != "forked":
             raise TemplateError(f"the template did not fork: {reply[1]}")
-        return reply[1]
+        process: ForkedProcess = reply[1]
+        return process
 
     def close(self) -> None:
         """End the template (its workers go on until their gateways end)."""
@@ -305,8 +322,39 @@ class Template:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
-        self._reader.join(5.0)
+        if self._reader is not None:
+            self._reader.join(5.0)
         self.sock.close()
+
+
+# templates started at import (prestart), by preload list
+_prestarted: dict[tuple[str, ...], Template] = {}
+
+
+def prestart() -> None:
+    """Start the template of EXECNET_FORK_PRELOAD now if EXECNET_FORK is on,
+    so that it has done its imports when the first gateway is made (a
+    master imports execnet well before it makes gateways, pytest-xdist's
+    at its plugin's import).  Not in a worker or template (their argv is
+    ["-c"]), nor with a value that makegateway() would refuse."""
+    if sys.argv[:1] == ["-c"] or not sys.platform.startswith("linux"):
+        return
+    try:
+        if not _flag(os.environ.get(ENV, ""), ""):
+            return
+        preload = _module_names(os.environ.get(PRELOAD_ENV, ""), "")
+        _prestarted[preload] = Template(preload)
+    except (ValueError, OSError):
+        pass  # makegateway() says what is wrong
+
+
+def take_prestarted(preload: tuple[str, ...]) -> Template | None:
+    """The template prestart() started for preload, if it is still there."""
+    template = _prestarted.pop(preload, None)
+    if template is not None and template.popen.poll() is not None:
+        template.close()
+        return None
+    return template
 
 
 def _send_fds(sock, data: bytes, fds: list[int]) -> None:
@@ -386,6 +434,7 @@ class ForkedIO:
 def template_main(fd: int, preload: list[str]) -> None:
     """Serve fork requests on the socket at fd; return only in a forked
     child, ready to read the bootstrap line."""
+    import gc
     import select
 
     sock = socket.socket(fileno=fd)
@@ -399,6 +448,8 @@ def template_main(fd: int, preload: list[str]) -> None:
             __import__(name)
         except Exception as exc:
             failed.append((name, f"{type(exc).__name__}: {exc}"))
+    if "pytest" in preload and "pytest" in sys.modules:
+        _import_pytest_plugins()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -434,6 +485,9 @@ def template_main(fd: int, preload: list[str]) -> None:
             os._exit(0)  # the master closed the socket, or ended
         try:
             request = marshal.loads(data)
+            # what the template has is there for good: the workers' gc
+            # leaves it alone, and does not copy its pages by touching it
+            gc.freeze()
             pid = os.fork()
         except Exception as exc:
             for received in fds:
@@ -452,6 +506,20 @@ def template_main(fd: int, preload: list[str]) -> None:
         for received in fds:
             os.close(received)
         send(("forked", pid))
+
+
+def _import_pytest_plugins() -> None:
+    """The plugins every pytest session loads, which ``import pytest`` does
+    not import (a worker's pytest would, at its start)."""
+    try:
+        from _pytest.config import default_plugins
+    except ImportError:
+        return
+    for name in default_plugins:
+        try:
+            __import__("_pytest." + name)
+        except Exception:
+            pass  # the worker's pytest says what is wrong, if it is
 
 
 def _ignore_signal(signum, frame) -> None:
@@ -473,7 +541,7 @@ def _report_ended(send) -> None:
         send(("exit", pid, code))
 
 
-def _become_worker(fds: list[int], request: dict) -> None:
+def _become_worker(fds: list[int], request: dict[str, Any]) -> None:
     """In the forked child: its own process group, the received fds at
     0, 1, 2 (and OUTPUT_FD), the master's environment and directory."""
     import fcntl

@@ -178,7 +178,11 @@ class Group:
             with self._fork_lock:
                 template = self._fork_templates.get(preload)
                 if template is None or template.gone.is_set():
-                    template = gateway_fork.Template(preload)
+                    template = gateway_fork.take_prestarted(preload)
+                    if template is None:
+                        template = gateway_fork.Template(preload)
+                    template.wait_ready()
+                    assert template.failed_preloads is not None
                     self._fork_templates[preload] = template
                     for name, error in template.failed_preloads:
                         gateway_fork.say_once(
@@ -471,4 +475,5 @@ def safe_terminate(execmodel, timeout, list_of_paired_functions) -> None:
 
 default_group = Group()
 makegateway = default_group.makegateway
+gateway_fork.prestart()
 set_execmodel = default_group.set_execmodel

@@ -300,3 +300,14 @@ def test_remote_exec_of_a_function_in_a_forked_worker(group) -> None:
 
 def _double(channel, value):
     channel.send(value * 2)
+
+
+def test_preload_pytest_imports_its_default_plugins(group) -> None:
+    pytest_config = pytest.importorskip("_pytest.config")
+    gw = group.makegateway("popen//fork//preload=pytest")
+    names = ["_pytest." + name for name in pytest_config.default_plugins]
+    loaded = gw.remote_exec(
+        "import sys; channel.send([n for n in channel.receive() if n in sys.modules])"
+    )
+    loaded.send(names)
+    assert loaded.receive(timeout=TIMEOUT) == names

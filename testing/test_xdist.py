@@ -467,3 +467,91 @@ def test_without_forwarding_prints_under_s_are_lost(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "print-line-" not in proc.stdout + proc.stderr
     assert "fd1-line-" not in proc.stdout + proc.stderr
+
+
+FORK_ENV = {"EXECNET_FORK": "1", "EXECNET_FORK_PRELOAD": "pytest"}
+
+# a conftest whose tests fail unless their worker is a fork of the template
+FORKED_CONFTEST = """
+    import os
+
+    import pytest
+
+    @pytest.fixture(autouse=True)
+    def forked_worker():
+        with open("/proc/%d/cmdline" % os.getppid(), "rb") as f:
+            assert b"_template_main" in f.read(), "not a forked worker"
+"""
+
+
+def test_forked_workers_give_the_outcomes_of_started_ones(tmp_path: Path) -> None:
+    write(tmp_path, {**OUTCOMES_SUITE, "conftest.py": FORKED_CONFTEST})
+    proc = run_with_env(tmp_path, FORK_ENV, "-n", "2", "-rA")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert summary_counts(proc.stdout) == {
+        "passed": 10, "failed": 1, "skipped": 1, "xfailed": 1, "xpassed": 1, "error": 1,
+    }, proc.stdout
+    assert "not a forked worker" not in proc.stdout
+    assert "not forked" not in proc.stderr
+
+
+CRASH_SUITE = {
+    "test_crash.py": """
+        import os
+
+        def test_before():
+            pass
+
+        def test_die():
+            os._exit(1)
+
+        def test_after():
+            pass
+    """,
+}
+
+
+def test_crashed_forked_worker_is_reported_and_replaced(tmp_path: Path) -> None:
+    write(tmp_path, {**CRASH_SUITE, "conftest.py": FORKED_CONFTEST})
+    proc = run_with_env(tmp_path, FORK_ENV, "-n", "2")
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert re.search(r"replacing crashed worker gw\d", out), out
+    assert re.search(r"worker 'gw\d' crashed while running 'test_crash.py::test_die'", out), out
+    assert summary_counts(out) == {"passed": 2, "failed": 1}, out
+
+
+def test_max_worker_restart_with_forked_workers(tmp_path: Path) -> None:
+    write(tmp_path, {
+        "conftest.py": FORKED_CONFTEST,
+        "test_crashes.py": """
+            import os
+            import pytest
+
+            @pytest.mark.parametrize("i", range(4))
+            def test_die(i):
+                os._exit(1)
+        """,
+    })
+    proc = run_with_env(tmp_path, FORK_ENV, "-n", "1", "--max-worker-restart", "1")
+    out = proc.stdout
+    assert proc.returncode != 0, out + proc.stderr
+    assert "maximum crashed workers reached: 1" in out, out
+    assert out.count("replacing crashed worker") == 1, out
+
+
+def test_x_with_forked_workers_stops_the_session(tmp_path: Path) -> None:
+    write(tmp_path, {
+        "conftest.py": FORKED_CONFTEST,
+        "test_stop.py": """
+            def test_fails():
+                assert 0
+
+            def test_passes():
+                pass
+        """,
+    })
+    proc = run_with_env(tmp_path, FORK_ENV, "-x", "-n", "1")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "stopping after 1 failures" in proc.stdout, proc.stdout
+    assert "1 failed" in proc.stdout.splitlines()[-1]
