@@ -154,14 +154,10 @@ class ForkedProcess:
             if left <= 0:
                 raise subprocess.TimeoutExpired(["forked worker", str(self.pid)], timeout or 0.0)
             if self._template.gone.is_set():
-                # an orphan now: init reaps it, and its status is lost
-                try:
-                    os.kill(self.pid, 0)
-                except ProcessLookupError:
+                # an orphan now: its status is lost
+                if not _running(self.pid):
                     self._end(None)
                     break
-                except PermissionError:
-                    pass
                 left = min(left, 0.02)
             # (the template's reader sets _ended, or gone within 0.1 s)
             self._ended.wait(left)
@@ -180,6 +176,18 @@ class ForkedProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether process pid is there and not a zombie (which a reaper that
+    is not its parent may be slow to reap, or never)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # the state follows the command's closing parenthesis
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
 
 
 class TemplateError(Exception):
@@ -511,9 +519,11 @@ def template_main(fd: int, preload: list[str]) -> None:
 def _import_pytest_plugins() -> None:
     """The plugins every pytest session loads, which ``import pytest`` does
     not import (a worker's pytest would, at its start)."""
+    import importlib
+
     try:
-        from _pytest.config import default_plugins
-    except ImportError:
+        default_plugins = importlib.import_module("_pytest.config").default_plugins
+    except (ImportError, AttributeError):
         return
     for name in default_plugins:
         try:

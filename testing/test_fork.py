@@ -311,3 +311,82 @@ def test_preload_pytest_imports_its_default_plugins(group) -> None:
     )
     loaded.send(names)
     assert loaded.receive(timeout=TIMEOUT) == names
+
+
+PRESTART = """
+import os, sys
+import execnet
+from execnet import gateway_fork
+templates = {k: t.popen.pid for k, t in gateway_fork._prestarted.items()}
+sys.stdout.write("%r\\n" % (templates,))
+sys.stdout.flush()
+if sys.argv[1] == "gateway":
+    gw = execnet.makegateway("popen")
+    sys.stdout.write("%d\\n" % gw.remote_exec("import os; channel.send(os.getppid())").receive(30))
+    execnet.default_group.terminate(10)
+"""
+
+
+def run_prestart(tmp_path, *args, **env_extra):
+    script = tmp_path / "master.py"
+    script.write_text(PRESTART)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECNET_")}
+    env.update(env_extra)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True,
+        timeout=TIMEOUT, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_template_starts_at_import_and_serves_the_first_gateway(tmp_path) -> None:
+    lines = run_prestart(tmp_path, "gateway", EXECNET_FORK="1", EXECNET_FORK_PRELOAD="colorsys")
+    templates = eval(lines[0])
+    assert list(templates) == [("colorsys",)]
+    assert int(lines[1]) == templates[("colorsys",)]
+    assert wait_gone(templates[("colorsys",)])
+
+
+def test_a_prestarted_template_ends_with_a_master_that_made_no_gateway(tmp_path) -> None:
+    templates = eval(run_prestart(tmp_path, "none", EXECNET_FORK="1")[0])
+    assert list(templates) == [()]
+    assert wait_gone(templates[()])
+
+
+def test_no_template_at_import_without_the_variable_or_in_a_worker(tmp_path) -> None:
+    assert run_prestart(tmp_path, "none") == ["{}"]
+    assert run_prestart(tmp_path, "none", EXECNET_FORK="0") == ["{}"]
+    # a worker (argv ["-c"], as every worker's) starts none
+    env = {**os.environ, "EXECNET_FORK": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from execnet import gateway_fork as f; print(f._prestarted)"],
+        capture_output=True, text=True, timeout=TIMEOUT, env=env,
+    )
+    assert proc.stdout.strip() == "{}", proc.stderr
+
+
+ZOMBIE_MASTER = """
+import ctypes, os, sys, execnet
+# the master is the reaper of orphans (as a container's init would be) and
+# never reaps them: an orphaned worker that ends stays a zombie
+assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+group = execnet.Group()
+gw = group.makegateway("popen//fork")
+template = group._fork_templates[()]
+template.popen.kill()
+template.popen.wait(30)
+assert template.gone.wait(30)
+gw.remote_exec("import os; os._exit(0)")
+sys.stdout.write("%r\\n" % (gw._io.popen.wait(timeout=30),))
+"""
+
+
+def test_wait_returns_for_an_orphan_left_a_zombie() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECNET_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", ZOMBIE_MASTER], capture_output=True, text=True,
+        timeout=TIMEOUT + 10, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "None\n"
