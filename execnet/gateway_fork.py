@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import marshal
 import os
-import signal
-import socket
 import sys
+
+# (signal and socket are imported where they are used: every process that
+# imports execnet imports this module, workers too, which import little)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+    from typing import Tuple
+
+    TemplateKey = Tuple[Tuple[str, ...], Tuple[Tuple[str, str], ...]]
 
 ENV = "EXECNET_FORK"
 PRELOAD_ENV = "EXECNET_FORK_PRELOAD"
@@ -172,9 +176,13 @@ class ForkedProcess:
             pass
 
     def terminate(self) -> None:
+        import signal
+
         self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
+        import signal
+
         self.send_signal(signal.SIGKILL)
 
 
@@ -203,6 +211,7 @@ class Template:
     """The master's handle of one template process."""
 
     def __init__(self, preload: tuple[str, ...]) -> None:
+        import socket
         import subprocess
         import threading
 
@@ -319,6 +328,7 @@ class Template:
 
     def close(self) -> None:
         """End the template (its workers go on until their gateways end)."""
+        import socket
         import subprocess
 
         try:
@@ -335,8 +345,31 @@ class Template:
         self.sock.close()
 
 
-# templates started at import (prestart), by preload list
-_prestarted: dict[tuple[str, ...], Template] = {}
+# What a template is for: its preload list, and the environment variables
+# an interpreter reads as it starts (a worker forked from a template that
+# started with other ones would not be the interpreter a popen gateway
+# starts: another PYTHONPATH, sitecustomize, locale, core); TemplateKey
+# (for type checkers only) is the pair
+# read by a worker forked later, not at the template's start
+_PER_WORKER = ("PYTHONDONTWRITEBYTECODE",)
+
+
+def template_key(preload: tuple[str, ...], environ=os.environ) -> TemplateKey:
+    """The key of the template that forks workers for preload now."""
+    startup = tuple(
+        sorted(
+            (name, value)
+            for name, value in environ.items()
+            if (name.startswith("PYTHON") and name not in _PER_WORKER)
+            or name.startswith("LC_")
+            or name in ("LANG", "LANGUAGE", "EXECNET_PUREPYTHON")
+        )
+    )
+    return preload, startup
+
+
+# templates started at import (prestart), by key
+_prestarted: dict[TemplateKey, Template] = {}
 
 
 def prestart() -> None:
@@ -351,14 +384,14 @@ def prestart() -> None:
         if not _flag(os.environ.get(ENV, ""), ""):
             return
         preload = _module_names(os.environ.get(PRELOAD_ENV, ""), "")
-        _prestarted[preload] = Template(preload)
+        _prestarted[template_key(preload)] = Template(preload)
     except (ValueError, OSError):
         pass  # makegateway() says what is wrong
 
 
-def take_prestarted(preload: tuple[str, ...]) -> Template | None:
-    """The template prestart() started for preload, if it is still there."""
-    template = _prestarted.pop(preload, None)
+def take_prestarted(key: TemplateKey) -> Template | None:
+    """The template prestart() started for key, if it is still there."""
+    template = _prestarted.pop(key, None)
     if template is not None and template.popen.poll() is not None:
         template.close()
         return None
@@ -367,6 +400,7 @@ def take_prestarted(preload: tuple[str, ...]) -> Template | None:
 
 def _send_fds(sock, data: bytes, fds: list[int]) -> None:
     import array
+    import socket
 
     fd_array = array.array("i", fds)
     sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd_array.tobytes())])
@@ -375,6 +409,7 @@ def _send_fds(sock, data: bytes, fds: list[int]) -> None:
 def _receive_fds(sock):
     """(data, fds) of one packet; (b"", []) at the end."""
     import array
+    import socket
 
     fd_size = array.array("i").itemsize
     data, ancillary, flags, _ = sock.recvmsg(_MAX_PACKET, socket.CMSG_SPACE(_MAX_FDS * fd_size))
@@ -444,6 +479,8 @@ def template_main(fd: int, preload: list[str]) -> None:
     child, ready to read the bootstrap line."""
     import gc
     import select
+    import signal
+    import socket
 
     sock = socket.socket(fileno=fd)
     sigint = signal.getsignal(signal.SIGINT)

@@ -59,8 +59,9 @@ class Group:
         self._autoidcounter = 0
         self._autoidlock = threading.Lock()
         self._gateways_to_join: list[Gateway] = []
-        # fork templates by preload list (gateway_fork), made on first use
-        self._fork_templates: dict[tuple[str, ...], gateway_fork.Template] = {}
+        # fork templates by preload list and startup environment
+        # (gateway_fork.template_key), made on first use
+        self._fork_templates: dict[gateway_fork.TemplateKey, gateway_fork.Template] = {}
         self._fork_lock = threading.Lock()
         self.set_execmodel(execmodel)
         for xspec in xspecs:
@@ -176,14 +177,15 @@ class Group:
             return None
         try:
             with self._fork_lock:
-                template = self._fork_templates.get(preload)
+                key = gateway_fork.template_key(preload)
+                template = self._fork_templates.get(key)
                 if template is None or template.gone.is_set():
-                    template = gateway_fork.take_prestarted(preload)
+                    template = gateway_fork.take_prestarted(key)
                     if template is None:
                         template = gateway_fork.Template(preload)
                     template.wait_ready()
                     assert template.failed_preloads is not None
-                    self._fork_templates[preload] = template
+                    self._fork_templates[key] = template
                     for name, error in template.failed_preloads:
                         gateway_fork.say_once(
                             f"the fork template could not import {name} ({error});"

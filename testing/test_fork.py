@@ -46,7 +46,8 @@ def who(gw) -> dict:
 
 
 def template_of(group, preload=()) -> gateway_fork.Template:
-    return group._fork_templates[tuple(preload)]
+    (template,) = [t for key, t in group._fork_templates.items() if key[0] == tuple(preload)]
+    return template
 
 
 def wait_gone(pid: int, timeout: float = TIMEOUT) -> bool:
@@ -91,7 +92,7 @@ def test_gateways_of_a_group_share_one_template(group) -> None:
     seen = [who(gw) for gw in gateways]
     assert len({s["pid"] for s in seen}) == 3
     assert len({s["ppid"] for s in seen}) == 1
-    assert list(group._fork_templates) == [()]
+    assert [key[0] for key in group._fork_templates] == [()]
 
 
 def test_each_preload_list_has_its_template(group) -> None:
@@ -115,6 +116,28 @@ def test_spec_turns_off_what_the_environment_turns_on(group, monkeypatch) -> Non
     gw = group.makegateway("popen//fork=0")
     assert isinstance(gw._io.popen, subprocess.Popen)
     assert not group._fork_templates
+
+
+SITECUSTOMIZE = "import sys; sys.path.append('added-by-sitecustomize')\n"
+
+
+def test_a_changed_startup_environment_gets_its_own_template(
+    group, monkeypatch, tmp_path
+) -> None:
+    # a new PYTHONPATH is read by a new interpreter at its start (its
+    # sitecustomize runs): the template that started before does not do
+    first = group.makegateway("popen//fork")
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    second = group.makegateway("popen//fork")
+    path_of = "import sys; channel.send(sys.path)"
+    assert "added-by-sitecustomize" not in first.remote_exec(path_of).receive(timeout=TIMEOUT)
+    assert "added-by-sitecustomize" in second.remote_exec(path_of).receive(timeout=TIMEOUT)
+    assert who(first)["ppid"] != who(second)["ppid"]
+    assert len(group._fork_templates) == 2
+    # the same environment again: the same template
+    monkeypatch.setenv("FORK_TEST_VALUE", "not read at start")
+    assert who(group.makegateway("popen//fork"))["ppid"] == who(second)["ppid"]
 
 
 def test_worker_gets_the_masters_environment_and_directory_of_now(
@@ -317,7 +340,7 @@ PRESTART = """
 import os, sys
 import execnet
 from execnet import gateway_fork
-templates = {k: t.popen.pid for k, t in gateway_fork._prestarted.items()}
+templates = {k[0]: t.popen.pid for k, t in gateway_fork._prestarted.items()}
 sys.stdout.write("%r\\n" % (templates,))
 sys.stdout.flush()
 if sys.argv[1] == "gateway":
@@ -373,7 +396,7 @@ import ctypes, os, sys, execnet
 assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
 group = execnet.Group()
 gw = group.makegateway("popen//fork")
-template = group._fork_templates[()]
+(template,) = group._fork_templates.values()
 template.popen.kill()
 template.popen.wait(30)
 assert template.gone.wait(30)
