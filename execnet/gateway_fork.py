@@ -435,22 +435,22 @@ class ForkedIO:
         io = Popen2IOMaster.__new__(Popen2IOMaster)
         mine: list[int] = []  # the master's ends
         theirs: list[int] = []  # the worker's, closed here once sent
+
+        def pipe(worker_reads: bool) -> int:
+            read_end, write_end = os.pipe()
+            ours, worker = (write_end, read_end) if worker_reads else (read_end, write_end)
+            mine.append(ours)
+            theirs.append(worker)
+            return ours
+
         try:
-            stdin_r, stdin_w = os.pipe()
-            mine.append(stdin_w)
-            theirs.append(stdin_r)
-            stdout_r, stdout_w = os.pipe()
-            mine.append(stdout_r)
-            theirs.append(stdout_w)
+            stdin_w = pipe(worker_reads=True)
+            stdout_r = pipe(worker_reads=False)
             if output is None:
-                theirs.append(2)
+                theirs.append(2)  # the master's own stderr
             else:
-                err_r, err_w = os.pipe()
-                mine.append(err_r)
-                theirs.append(err_w)
-                out_r, out_w = os.pipe()
-                mine.append(out_r)
-                theirs.append(out_w)
+                err_r = pipe(worker_reads=False)
+                out_r = pipe(worker_reads=False)
             io.popen = template.spawn(theirs, bool(spec.dont_write_bytecode))
         except BaseException:
             for fd in mine:

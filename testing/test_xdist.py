@@ -122,21 +122,24 @@ def test_workers_run_our_execnet(tmp_path: Path) -> None:
     assert seen["gw0"]["argv"] == seen["gw1"]["argv"] == ["-c"]
 
 
+CRASH_SUITE = {
+    "test_crash.py": """
+        import os
+
+        def test_before():
+            pass
+
+        def test_die():
+            os._exit(1)
+
+        def test_after():
+            pass
+    """,
+}
+
+
 def test_crashed_worker_is_reported_and_replaced(tmp_path: Path) -> None:
-    write(tmp_path, {
-        "test_crash.py": """
-            import os
-
-            def test_before():
-                pass
-
-            def test_die():
-                os._exit(1)
-
-            def test_after():
-                pass
-        """,
-    })
+    write(tmp_path, CRASH_SUITE)
     proc = run_pytest(tmp_path, "-n", "2")
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
@@ -493,22 +496,6 @@ def test_forked_workers_give_the_outcomes_of_started_ones(tmp_path: Path) -> Non
     }, proc.stdout
     assert "not a forked worker" not in proc.stdout
     assert "not forked" not in proc.stderr
-
-
-CRASH_SUITE = {
-    "test_crash.py": """
-        import os
-
-        def test_before():
-            pass
-
-        def test_die():
-            os._exit(1)
-
-        def test_after():
-            pass
-    """,
-}
 
 
 def test_crashed_forked_worker_is_reported_and_replaced(tmp_path: Path) -> None:
