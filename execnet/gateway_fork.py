@@ -321,6 +321,9 @@ class Template:
             except OSError as exc:
                 raise TemplateError(f"the template did not take the request: {exc}") from None
             reply = self._reply(REQUEST_TIMEOUT)
+            if reply[0] == "timeout":
+                # a late answer would be taken as the next request's
+                self.close()
         if reply[0] != "forked":
             raise TemplateError(f"the template did not fork: {reply[1]}")
         process: ForkedProcess = reply[1]
@@ -345,12 +348,12 @@ class Template:
         self.sock.close()
 
 
-# What a template is for: its preload list, and the environment variables
-# an interpreter reads as it starts (a worker forked from a template that
-# started with other ones would not be the interpreter a popen gateway
-# starts: another PYTHONPATH, sitecustomize, locale, core); TemplateKey
-# (for type checkers only) is the pair
-# read by a worker forked later, not at the template's start
+# What a template is for (TemplateKey): its preload list, and the
+# environment variables an interpreter reads as it starts (a worker forked
+# from a template that started with other ones would not be the interpreter
+# a popen gateway starts: another PYTHONPATH, sitecustomize, locale, core).
+
+# read by each forked worker itself (_become_worker), not at the template's start
 _PER_WORKER = ("PYTHONDONTWRITEBYTECODE",)
 
 
